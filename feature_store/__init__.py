@@ -1,0 +1,1 @@
+"""Feature and segment definitions shared by training and serving; online (Redis) store."""

@@ -1,0 +1,174 @@
+"""The online store in Redis: key layout, versioned feed publication, feed reads.
+
+Every key is built by :func:`key`, which escapes each part, so no user input
+reaches Redis unescaped.
+
+Publication is versioned and flipped atomically:
+
+* each feed is written, whole, under ``feedloop:feed:<kind>:<id>@<pub>`` (a JSON
+  string, immutable, TTL = feed TTL + grace);
+* one MULTI/EXEC then points ``feedloop:feed:<kind>:<id>`` at ``<pub>`` for every
+  feed of the publication, with the feed TTL;
+* a reader resolves pointer and body in one Lua call, so it never sees a mix of
+  two publications nor a half-written feed.
+
+Pointers only move forward: a publication older than the current one (a stale
+backfill) is refused per feed by the same script.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import redis
+
+PREFIX = "feedloop"
+GRACE_S = 600
+SAFE = "|-_.+"
+
+_FLIP = """
+local flipped = 0
+for i = 1, #KEYS do
+  local cur = redis.call('GET', KEYS[i])
+  local pub = ARGV[1]
+  if (not cur) or (tonumber(string.match(cur, '^(%d+)')) <= tonumber(string.match(pub, '^(%d+)'))) then
+    redis.call('SET', KEYS[i], pub, 'EX', ARGV[2])
+    flipped = flipped + 1
+  end
+end
+return flipped
+"""
+
+_READ = """
+local pub = redis.call('GET', KEYS[1])
+if not pub then return false end
+return redis.call('GET', KEYS[1] .. '@' .. pub)
+"""
+
+
+def key(*parts: object) -> str:
+    """``feedloop:<part>:<part>...`` with every part percent-escaped (``:`` included)."""
+    return ":".join([PREFIX] + [quote(str(p), safe=SAFE) for p in parts])
+
+
+def feed_key(kind: str, ident: str) -> str:
+    """Pointer key of a feed; ``kind`` is ``seg`` or ``user``."""
+    return key("feed", kind, ident)
+
+
+def user_profile_key(user_id: str) -> str:
+    """Hash: ``segment``, ``gender``, ``age``, ``interests`` (comma-joined)."""
+    return key("user", user_id, "profile")
+
+
+def user_recent_key(user_id: str) -> str:
+    """Sorted set of recently seen item ids, scored by event time (ms)."""
+    return key("user", user_id, "recent")
+
+
+def user_stats_key(user_id: str) -> str:
+    """Hash of per-user counters by event type; TTL 5 minutes."""
+    return key("user", user_id, "stats")
+
+
+def trending_key(window: str) -> str:
+    """Sorted set of item ids by weighted events in the window (``1m`` or ``10m``)."""
+    return key("trending", window)
+
+
+def popular_key() -> str:
+    """Sorted set of item ids by all-time weighted events."""
+    return key("popular")
+
+
+@dataclass
+class Feed:
+    """A ranked list of items, with the model version that made it."""
+
+    items: list[str]
+    model_version: str
+    generated_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    scores: list[float] = field(default_factory=list)
+    publication: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "items": self.items,
+                "scores": [round(s, 6) for s in self.scores],
+                "model_version": self.model_version,
+                "generated_at_ms": self.generated_at_ms,
+                "publication": self.publication,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> "Feed":
+        data = json.loads(raw)
+        return cls(
+            items=list(data["items"]),
+            model_version=str(data["model_version"]),
+            generated_at_ms=int(data["generated_at_ms"]),
+            scores=list(data.get("scores") or []),
+            publication=str(data.get("publication", "")),
+        )
+
+
+def connect(settings) -> redis.Redis:
+    """A Redis client with bounded timeouts, so a dead server fails fast."""
+    rs = settings.redis
+    return redis.Redis(
+        host=rs.host,
+        port=rs.port,
+        password=rs.password or None,
+        db=rs.db,
+        socket_timeout=rs.socket_timeout_s,
+        socket_connect_timeout=rs.socket_timeout_s,
+        decode_responses=True,
+    )
+
+
+def new_publication_id(now_ms: int | None = None) -> str:
+    """Monotonic publication id: milliseconds, so a later publication sorts higher."""
+    return str(now_ms if now_ms is not None else int(time.time() * 1000))
+
+
+def publish_feeds(
+    client: redis.Redis,
+    feeds: Mapping[tuple[str, str], Feed],
+    ttl_s: int = 3600,
+    publication: str | None = None,
+) -> str:
+    """Write every feed under a new publication, then flip all pointers in one step.
+
+    ``feeds`` maps ``(kind, id)`` to a :class:`Feed`. Returns the publication id.
+    """
+    pub = publication or new_publication_id()
+    pointers = [feed_key(kind, ident) for kind, ident in feeds]
+    body = client.pipeline(transaction=False)
+    for (kind, ident), feed in feeds.items():
+        feed.publication = pub
+        body.set(f"{feed_key(kind, ident)}@{pub}", feed.to_json(), ex=ttl_s + GRACE_S)
+    body.execute()
+    if pointers:
+        client.eval(_FLIP, len(pointers), *pointers, pub, ttl_s)
+    return pub
+
+
+def read_feed(client: redis.Redis, kind: str, ident: str) -> Feed | None:
+    """The current feed, or None when none is published (or it expired)."""
+    raw = client.eval(_READ, 1, feed_key(kind, ident))
+    return Feed.from_json(raw) if raw else None
+
+
+def read_feeds(client: redis.Redis, refs: Sequence[tuple[str, str]]) -> list[Feed | None]:
+    """Several current feeds in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for kind, ident in refs:
+        pipe.eval(_READ, 1, feed_key(kind, ident))
+    return [Feed.from_json(raw) if raw else None for raw in pipe.execute()]

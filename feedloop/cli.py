@@ -1,0 +1,97 @@
+"""The `feedloop` command: one subcommand per job or operation.
+
+Airflow tasks, the Makefile and people all call these. Each subcommand imports
+its module lazily, so `feedloop status` never pays for TensorFlow or pyspark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from feedloop.settings import SettingsError
+
+
+def _ds(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ds", required=True, help="logical date YYYY-MM-DD (Airflow's {{ ds }})")
+
+
+def _services(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("services", nargs="*", help="only these services (default: all)")
+
+
+def _simulate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--items", type=int, default=300)
+    parser.add_argument("--events", type=int, default=5000, help="events to send (0: run for --duration)")
+    parser.add_argument("--rate", type=float, default=0, help="events/s (0: as fast as possible)")
+    parser.add_argument("--duration", type=float, default=0, help="seconds to run when --events is 0")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--ds", default=None, help="put event times on this day (default: now)")
+    parser.add_argument("--no-catalog", action="store_true", help="do not (re)write the users/items tables")
+
+
+def _stream(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--once", action="store_true", help="process what is in Kafka now, then exit")
+
+
+def _wait(parser: argparse.ArgumentParser) -> None:
+    _ds(parser)
+    parser.add_argument("--table", default="events")
+
+
+def _dag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dag_id", nargs="?", default="feedloop_daily_retrain")
+    _ds(parser)
+    parser.add_argument("--timeout", type=float, default=1200)
+
+
+def _none(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+# name: (module:function, help, argument adder)
+COMMANDS = {
+    "up": ("feedloop.services:cmd_up", "install-free start of every service, in order, with health checks", _services),
+    "down": ("feedloop.services:cmd_down", "stop every process feedloop started", _none),
+    "status": ("feedloop.services:cmd_status", "health of every service", _none),
+    "ddl": ("feedloop.services:cmd_ddl", "apply hive/ddl/*.sql (idempotent)", _none),
+    "topics": ("feedloop.services:cmd_topics", "create the Kafka topics (idempotent)", _none),
+    "supervise": ("feedloop.services:cmd_supervise", "(internal) run one service in the foreground", lambda p: p.add_argument("service")),
+    "simulate": ("feedloop.simulator:main", "publish simulated users' events to Kafka", _simulate),
+    "stream-events": ("spark.stream_events:main", "Kafka -> validate -> Hive events (exactly once)", _stream),
+    "wait-partition": ("spark.partitions:main", "exit 0 when the day's partition has rows, 1 otherwise", _wait),
+    "train": ("models.train:main", "train the two-tower model on a day's data and register it", _ds),
+    "publish": ("models.publish:main", "publish segment and user feeds from the champion to Redis", _ds),
+    "report": ("models.publish:report", "print a summary of a day's retrain", _ds),
+    "serve": ("serving.app:main", "run the feed API", _none),
+    "run-dag": ("feedloop.airflow_client:cmd_run_dag", "trigger an Airflow DAG run for --ds and wait for it", _dag),
+    "demo": ("feedloop.demo:main", "run the walking skeleton end to end and print where to look", _none),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="feedloop", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text, add_args) in COMMANDS.items():
+        add_args(sub.add_parser(name, help=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, func_name = COMMANDS[args.command][0].split(":")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+        result = func(args)
+    except SettingsError as exc:
+        print(f"feedloop: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

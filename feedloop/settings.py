@@ -1,0 +1,291 @@
+"""One typed settings object for every part of feedloop.
+
+Sources, later wins:
+  1. defaults in this file (one machine, everything on 127.0.0.1);
+  2. a YAML file: ``$FEEDLOOP_CONFIG`` or ``feedloop.yaml`` in the repo root;
+  3. environment variables ``FEEDLOOP_<SECTION>__<FIELD>``, e.g.
+     ``FEEDLOOP_KAFKA__BOOTSTRAP=broker1:9092,broker2:9092``.
+
+Secrets (passwords, API keys) come from the environment only; on one machine,
+``feedloop up`` generates them once under ``var/secrets/`` (never in git).
+A bad value raises :class:`SettingsError` naming the setting and its source.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "FEEDLOOP_"
+SECRET_FIELDS = {
+    ("redis", "password"),
+    ("postgres", "password"),
+    ("api", "api_key"),
+    ("airflow", "admin_password"),
+    ("airflow", "jwt_secret"),
+}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names it and its source."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"port must be in 1..65535, got {value}")
+    return value
+
+
+class KafkaSettings(_Section):
+    bootstrap: str = "127.0.0.1:9092"
+    controller_port: int = 9093
+    port: int = 9092
+    heap: str = "512m"
+    events_topic: str = "feedback.events"
+    dlq_topic: str = "feedback.events.dlq"
+    served_topic: str = "feedback.served"
+    partitions: int = 2
+    request_timeout_ms: int = 5000
+
+    _ports = field_validator("controller_port", "port")(_check_port)
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _bootstrap_has_port(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port], got {value!r}")
+        return value
+
+
+class HiveSettings(_Section):
+    metastore_uri: str = "thrift://127.0.0.1:9083"
+    metastore_port: int = 9083
+    metastore_heap: str = "384m"
+    hs2_host: str = "127.0.0.1"
+    hs2_port: int = 10000
+    thrift_heap: str = "1g"
+    database: str = "feedloop"
+    warehouse_dir: str = ""  # empty: var/warehouse
+
+    _ports = field_validator("metastore_port", "hs2_port")(_check_port)
+
+    @field_validator("metastore_uri")
+    @classmethod
+    def _thrift_uri(cls, value: str) -> str:
+        if not value.startswith("thrift://"):
+            raise ValueError(f"expected thrift://host:port, got {value!r}")
+        return value
+
+
+class SparkSettings(_Section):
+    master: str = "local[2]"
+    ui_port: int = 4040
+    driver_memory: str = "1g"
+    shuffle_partitions: int = 4
+    streaming_trigger_s: int = 5
+    extra_conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("master")
+    @classmethod
+    def _known_master(cls, value: str) -> str:
+        if not value.startswith(("local", "spark://", "yarn", "k8s://")):
+            raise ValueError(f"expected local[*], spark://host:port, yarn or k8s://..., got {value!r}")
+        return value
+
+
+class RedisSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 6379
+    password: str = ""
+    db: int = 0
+    socket_timeout_s: float = 0.25
+    feed_ttl_s: int = 3600
+
+    _ports = field_validator("port")(_check_port)
+
+
+class PostgresSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "feedloop"
+    password: str = ""
+    bin_dir: str = ""  # empty: found from pg_config or /usr/lib/postgresql/*/bin
+
+    _ports = field_validator("port")(_check_port)
+
+
+class MlflowSettings(_Section):
+    port: int = 5000
+    tracking_uri: str = ""  # empty: http://<bind_host>:<port>
+    experiment: str = "feedloop"
+    model_name: str = "feedloop-two-tower"
+
+    _ports = field_validator("port")(_check_port)
+
+
+class AirflowSettings(_Section):
+    port: int = 8080
+    admin_user: str = "admin"
+    admin_password: str = ""
+    jwt_secret: str = ""
+    parallelism: int = 4
+
+    _ports = field_validator("port")(_check_port)
+
+
+class ApiSettings(_Section):
+    port: int = 8000
+    api_key: str = ""
+    workers: int = 1
+    max_body_bytes: int = 1_000_000
+
+    _ports = field_validator("port")(_check_port)
+
+
+class ModelSettings(_Section):
+    embedding_dim: int = 32
+    hash_buckets: int = 100_000
+    epochs: int = 3
+    batch_size: int = 1024
+    learning_rate: float = 0.05
+    temperature: float = 0.05
+    feed_size: int = 50
+
+
+class Settings(_Section):
+    bind_host: str = "127.0.0.1"
+    var_dir: str = ""  # empty: <repo>/var
+    jar_cache: str = ""  # empty: ~/.cache/feedloop/jars
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    hive: HiveSettings = Field(default_factory=HiveSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    airflow: AirflowSettings = Field(default_factory=AirflowSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+
+    # -- derived paths -------------------------------------------------
+    @property
+    def var(self) -> Path:
+        return Path(self.var_dir) if self.var_dir else REPO_ROOT / "var"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.var / "log"
+
+    @property
+    def jars(self) -> Path:
+        return Path(self.jar_cache) if self.jar_cache else Path.home() / ".cache" / "feedloop" / "jars"
+
+    @property
+    def warehouse(self) -> Path:
+        return Path(self.hive.warehouse_dir) if self.hive.warehouse_dir else self.var / "warehouse"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"http://{self.bind_host}:{self.mlflow.port}"
+
+    @property
+    def postgres_dsn(self) -> str:
+        pg = self.postgres
+        return f"postgresql://{pg.user}:{pg.password}@{pg.host}:{pg.port}"
+
+
+def _secrets_dir() -> Path:
+    return Path(os.environ.get(ENV_PREFIX + "VAR_DIR") or REPO_ROOT / "var") / "secrets"
+
+
+def generate_local_secrets() -> Path:
+    """Create var/secrets/<section>__<field> once, for a one-machine stack."""
+    directory = _secrets_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    for section, field in sorted(SECRET_FIELDS):
+        path = directory / f"{section}__{field}"
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(18))
+            os.chmod(path, 0o600)
+    return directory
+
+
+def _layer_sources() -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """Merge file, generated secrets and env into one dict; remember each value's source."""
+    data: dict[str, Any] = {}
+    source: dict[tuple[str, ...], str] = {}
+
+    config = Path(os.environ.get(ENV_PREFIX + "CONFIG") or REPO_ROOT / "feedloop.yaml")
+    if config.exists():
+        loaded = yaml.safe_load(config.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"{config}: expected a mapping of sections, got {type(loaded).__name__}")
+        for key, value in loaded.items():
+            if isinstance(value, dict):
+                for sub, subvalue in value.items():
+                    if (key, sub) in SECRET_FIELDS:
+                        raise SettingsError(f"{key}.{sub} is a secret: set {ENV_PREFIX}{key.upper()}__{sub.upper()} in the environment, not {config}")
+                    data.setdefault(key, {})[sub] = subvalue
+                    source[(key, sub)] = str(config)
+            else:
+                data[key] = value
+                source[(key,)] = str(config)
+
+    secret_dir = _secrets_dir()
+    for section, field in SECRET_FIELDS:
+        path = secret_dir / f"{section}__{field}"
+        if path.exists():
+            data.setdefault(section, {})[field] = path.read_text().strip()
+            source[(section, field)] = str(path)
+
+    for name, value in os.environ.items():
+        if not name.startswith(ENV_PREFIX) or name in (ENV_PREFIX + "CONFIG",):
+            continue
+        parts = tuple(p.lower() for p in name[len(ENV_PREFIX):].split("__"))
+        if len(parts) == 1:
+            data[parts[0]] = value
+        elif len(parts) == 2:
+            section = data.setdefault(parts[0], {})
+            if not isinstance(section, dict):
+                raise SettingsError(f"{name}: {parts[0]} is not a section")
+            section[parts[1]] = yaml.safe_load(value) if parts[1] == "extra_conf" else value
+        else:
+            raise SettingsError(f"{name}: expected {ENV_PREFIX}<SECTION>__<FIELD>")
+        source[parts] = f"env {name}"
+    return data, source
+
+
+def load_settings() -> Settings:
+    """Build and validate the settings; raise SettingsError naming what is wrong."""
+    data, source = _layer_sources()
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(str(p) for p in err["loc"])
+            where = source.get(loc, "default")
+            if err["type"] == "extra_forbidden":
+                lines.append(f"unknown setting {'.'.join(loc)} (from {where})")
+            else:
+                lines.append(f"setting {'.'.join(loc)} = {err.get('input')!r} (from {where}): {err['msg']}")
+        raise SettingsError("invalid feedloop settings:\n  " + "\n  ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, loaded once."""
+    return load_settings()

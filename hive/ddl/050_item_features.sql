@@ -1,0 +1,16 @@
+-- Offline item features for day dt (INSERT OVERWRITE of one partition).
+CREATE TABLE IF NOT EXISTS feedloop.item_features (
+  item_id        STRING,
+  category       STRING,
+  events_1d      BIGINT,
+  events_7d      BIGINT,
+  events_30d     BIGINT,
+  clicks_7d      BIGINT,
+  impressions_7d BIGINT,
+  ctr_7d         DOUBLE,
+  dwell_ms_avg_7d DOUBLE,
+  weight_7d      DOUBLE,
+  last_event_ts  BIGINT
+)
+PARTITIONED BY (dt STRING)
+STORED AS PARQUET;

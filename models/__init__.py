@@ -1,0 +1,1 @@
+"""The TensorFlow two-tower model: towers, training, evaluation, export, feed publication."""

@@ -1,0 +1,1 @@
+"""The feed API (FastAPI over Redis). Never imports TensorFlow or Spark."""

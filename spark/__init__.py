@@ -1,0 +1,1 @@
+"""PySpark batch and streaming jobs: pure transforms plus a thin main()."""
