@@ -1,0 +1,289 @@
+"""A small client for the Airflow 3 REST API: trigger a DAG run for a day and follow it.
+
+``feedloop run-dag [dag_id] --ds YYYY-MM-DD`` waits until the DAG is parsed,
+(re)runs it for that logical date, switches it on, and prints task progress
+until the run succeeds, fails or times out.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from feedloop.airflow_env import airflow_log_dir, api_url
+from feedloop.settings import Settings, get_settings
+
+CONNECT_TIMEOUT_S = 3.0
+REQUEST_TIMEOUT_S = 15.0
+POLL_INTERVAL_S = 5.0
+QUEUED_HINT_S = 30.0
+DAG_PARSE_TIMEOUT_S = 180.0
+FINISHED = {"success", "failed"}
+TASK_DONE = {"success", "skipped", "upstream_failed", "removed"}
+TASK_FAILED = {"failed", "upstream_failed"}
+
+
+class AirflowApiError(RuntimeError):
+    """The api-server is unreachable or answered with an error; the message says which URL."""
+
+
+class AirflowClient:
+    """Authenticated calls to one Airflow api-server (JWT from /auth/token)."""
+
+    def __init__(self, base_url: str, username: str, password: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._username = username
+        self._password = password
+        self._token: str | None = None
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AirflowClient:
+        return cls(api_url(settings), settings.airflow.admin_user, settings.airflow.admin_password)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AirflowClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise AirflowApiError(
+                f"Airflow API server not reachable at {self.base_url} ({type(exc).__name__}: {exc}); "
+                "is it running? (`feedloop status`)"
+            ) from None
+
+    def _login(self) -> str:
+        response = self._send("POST", "/auth/token", json={"username": self._username, "password": self._password})
+        if response.status_code in (400, 401, 403):
+            raise AirflowApiError(
+                f"Airflow at {self.base_url} refused user {self._username!r}: check airflow.admin_password "
+                "(FEEDLOOP_AIRFLOW__ADMIN_PASSWORD or var/secrets/airflow__admin_password)"
+            )
+        _raise_for_status(response)
+        return response.json()["access_token"]
+
+    def request(self, method: str, path: str, *, ok_404: bool = False, **kwargs: Any) -> dict[str, Any] | None:
+        """Call /api/v2<path>; return the JSON body, or None for a 404 when ok_404."""
+        for attempt in range(2):
+            if self._token is None:
+                self._token = self._login()
+            response = self._send(
+                method, f"/api/v2{path}", headers={"Authorization": f"Bearer {self._token}"}, **kwargs
+            )
+            if response.status_code == 401 and attempt == 0:
+                self._token = None  # expired: log in again once
+                continue
+            if response.status_code == 404 and ok_404:
+                return None
+            _raise_for_status(response)
+            return response.json() if response.content else {}
+        raise AssertionError("unreachable")
+
+    # -- DAGs and runs -------------------------------------------------
+    def get_dag(self, dag_id: str) -> dict[str, Any] | None:
+        return self.request("GET", f"/dags/{dag_id}", ok_404=True)
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": paused})
+
+    def import_errors(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/importErrors", params={"limit": 100})["import_errors"]
+
+    def runs_for_date(self, dag_id: str, logical_date: datetime) -> list[dict[str, Any]]:
+        stamp = logical_date.isoformat()
+        body = self.request(
+            "GET", f"/dags/{dag_id}/dagRuns",
+            params={"logical_date_gte": stamp, "logical_date_lte": stamp, "limit": 10},
+        )
+        return body["dag_runs"]
+
+    def latest_run(self, dag_id: str) -> dict[str, Any] | None:
+        body = self.request("GET", f"/dags/{dag_id}/dagRuns", ok_404=True,
+                            params={"order_by": "-run_after", "limit": 1})
+        runs = body["dag_runs"] if body else []
+        return runs[0] if runs else None
+
+    def trigger(self, dag_id: str, ds: date) -> dict[str, Any]:
+        start = _midnight(ds)
+        now = datetime.now(timezone.utc)
+        return self.request("POST", f"/dags/{dag_id}/dagRuns", json={
+            "dag_run_id": f"manual__{ds.isoformat()}__{now.strftime('%Y%m%dT%H%M%S')}",
+            "logical_date": start.isoformat(),
+            # The same one-day interval a scheduled run for ds has, and a run_after
+            # that sorts it before today's scheduled run when both are queued.
+            "data_interval_start": start.isoformat(),
+            "data_interval_end": (start + timedelta(days=1)).isoformat(),
+            "run_after": start.isoformat(),
+            "note": "triggered by feedloop run-dag",
+        })
+
+    def clear_run(self, dag_id: str, run_id: str) -> None:
+        self.request("POST", f"/dags/{dag_id}/dagRuns/{run_id}/clear", json={"dry_run": False})
+
+    def get_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        body = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
+        return body["task_instances"]
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    detail = response.text.strip().replace("\n", " ")[:400]
+    raise AirflowApiError(f"{response.request.method} {response.request.url} -> HTTP {response.status_code}: {detail}")
+
+
+def _midnight(ds: date) -> datetime:
+    return datetime(ds.year, ds.month, ds.day, tzinfo=timezone.utc)
+
+
+def task_log_path(settings: Settings, ti: dict[str, Any]) -> Path:
+    """Where Airflow's default log_filename_template puts a task instance's log."""
+    path = airflow_log_dir(settings) / f"dag_id={ti['dag_id']}" / f"run_id={ti['dag_run_id']}" / f"task_id={ti['task_id']}"
+    if ti.get("map_index", -1) >= 0:
+        path = path / f"map_index={ti['map_index']}"
+    return path / f"attempt={max(ti.get('try_number') or 1, 1)}.log"
+
+
+def wait_for_dag(client: AirflowClient, dag_id: str, timeout: float = DAG_PARSE_TIMEOUT_S) -> dict[str, Any]:
+    """Return the DAG once the dag-processor has parsed it; raise with import errors on timeout."""
+    deadline = time.monotonic() + timeout
+    announced = False
+    while True:
+        dag = client.get_dag(dag_id)
+        if dag is not None:
+            return dag
+        if time.monotonic() > deadline:
+            errors = client.import_errors()
+            listing = "".join(f"\n  {e['filename']}: {e['stack_trace'].strip().splitlines()[-1]}" for e in errors)
+            raise AirflowApiError(
+                f"DAG {dag_id!r} not known to Airflow at {client.base_url} after {timeout:.0f} s"
+                + (f"; import errors:{listing}" if errors else "; no import errors: is the dag-processor running?")
+            )
+        if not announced:
+            print(f"waiting for the dag-processor to parse {dag_id} ...", flush=True)
+            announced = True
+        time.sleep(POLL_INTERVAL_S)
+
+
+def start_run(client: AirflowClient, dag_id: str, ds: date) -> str:
+    """Run dag_id for ds: follow an active run for that date, re-run a finished one, else trigger."""
+    existing = client.runs_for_date(dag_id, _midnight(ds))
+    if existing:
+        run = existing[0]
+        if run["state"] in FINISHED:
+            print(f"{dag_id} already ran for {ds} ({run['dag_run_id']}: {run['state']}); clearing it to run again",
+                  flush=True)
+            client.clear_run(dag_id, run["dag_run_id"])
+        else:
+            print(f"{dag_id} already has a {run['state']} run for {ds}: following {run['dag_run_id']}", flush=True)
+        return run["dag_run_id"]
+    run = client.trigger(dag_id, ds)
+    print(f"triggered {dag_id} for {ds}: run {run['dag_run_id']}", flush=True)
+    return run["dag_run_id"]
+
+
+def _progress(tis: list[dict[str, Any]]) -> str:
+    by_state: dict[str, list[str]] = {}
+    for ti in sorted(tis, key=lambda t: t.get("start_date") or "~"):
+        by_state.setdefault(ti["state"] or "none", []).append(ti["task_id"])
+    done = sum(len(ids) for state, ids in by_state.items() if state in TASK_DONE)
+    parts = [f"{state}: {', '.join(ids)}" for state, ids in sorted(by_state.items()) if state not in TASK_DONE]
+    return f"{done}/{len(tis)} tasks done" + (" | " + " | ".join(parts) if parts else "")
+
+
+def follow_run(client: AirflowClient, settings: Settings, dag_id: str, run_id: str, timeout: float) -> str:
+    """Poll the run until it finishes or timeout; print progress changes; return the final state."""
+    started = time.monotonic()
+    last_line = ""
+    hinted = False
+    while True:
+        run = client.get_run(dag_id, run_id)
+        tis = client.task_instances(dag_id, run_id)
+        elapsed = time.monotonic() - started
+        line = f"{run['state']}: {_progress(tis)}"
+        if line != last_line:
+            print(f"[{elapsed:5.0f}s] {dag_id} {line}", flush=True)
+            last_line = line
+        if run["state"] in FINISHED:
+            if run["state"] == "failed":
+                _print_failures(settings, tis)
+            return run["state"]
+        if run["state"] == "queued" and elapsed > QUEUED_HINT_S and not hinted:
+            _explain_queued(client, dag_id, run_id)
+            hinted = True
+        if elapsed > timeout:
+            print(f"timed out after {timeout:.0f} s; run {run_id} is still {run['state']} "
+                  f"(see {client.base_url}/dags/{dag_id}/runs/{run_id})", flush=True)
+            return "timeout"
+        time.sleep(POLL_INTERVAL_S)
+
+
+def _explain_queued(client: AirflowClient, dag_id: str, run_id: str) -> None:
+    active = client.request("GET", f"/dags/{dag_id}/dagRuns", params={"state": "running", "limit": 5})["dag_runs"]
+    others = [r["dag_run_id"] for r in active if r["dag_run_id"] != run_id]
+    if others:
+        print(f"  queued behind {', '.join(others)} (max_active_runs); it starts when that run ends", flush=True)
+    else:
+        print("  still queued: is the scheduler running? (`feedloop status`)", flush=True)
+
+
+def _print_failures(settings: Settings, tis: list[dict[str, Any]]) -> None:
+    failed = [ti for ti in tis if ti["state"] == "failed"]
+    blocked = [ti["task_id"] for ti in tis if ti["state"] == "upstream_failed"]
+    for ti in failed:
+        print(f"  failed: {ti['task_id']} (try {ti['try_number']}) log: {task_log_path(settings, ti)}", flush=True)
+    if blocked:
+        print(f"  not run (upstream failed): {', '.join(blocked)}", flush=True)
+
+
+def run_dag(settings: Settings, dag_id: str, ds: date, timeout: float) -> str:
+    """Run dag_id for ds end to end; return 'success', 'failed' or 'timeout'."""
+    with AirflowClient.from_settings(settings) as client:
+        dag = wait_for_dag(client, dag_id)
+        run_id = start_run(client, dag_id, ds)
+        if dag.get("is_paused"):
+            client.set_paused(dag_id, False)
+            print(f"unpaused {dag_id} (it now also runs on its schedule)", flush=True)
+        state = follow_run(client, settings, dag_id, run_id, timeout)
+        print(f"{dag_id} run {run_id} for {ds}: {state}; UI {client.base_url}/dags/{dag_id}", flush=True)
+        return state
+
+
+def latest_run_state(settings: Settings, dag_id: str) -> str | None:
+    """State of dag_id's most recent run ('success', 'running', ...), or None if it has none."""
+    with AirflowClient.from_settings(settings) as client:
+        run = client.latest_run(dag_id)
+        return run["state"] if run else None
+
+
+def cmd_run_dag(args) -> int:
+    """`feedloop run-dag`: 0 when the run succeeded, 1 when it failed, timed out or could not start."""
+    try:
+        ds = date.fromisoformat(args.ds)
+    except ValueError:
+        print(f"feedloop run-dag: --ds must be YYYY-MM-DD, got {args.ds!r}", file=sys.stderr)
+        return 1
+    try:
+        state = run_dag(get_settings(), args.dag_id, ds, args.timeout)
+    except AirflowApiError as exc:
+        print(f"feedloop run-dag: {exc}", file=sys.stderr)
+        return 1
+    return 0 if state == "success" else 1

@@ -1,0 +1,248 @@
+"""Streaming sink: Kafka ``feedback.events`` -> validate -> Hive ``feedloop.events``.
+
+Exactly once per event_id, across crashes:
+
+* Spark's checkpoint replays an unfinished micro-batch with the same batch id and
+  the same offsets;
+* the batch first deletes any files a previous attempt of the same batch id left
+  (files are named ``b<batch id>-*``), then drops events whose event_id is already
+  in the partitions it touches, then writes and renames its files into place;
+* so a replay rewrites exactly what the crashed attempt wrote, and an event sent
+  twice to Kafka (a client retry) lands once.
+
+Records that fail :func:`feedloop.events.validate` go to the DLQ topic with the
+reason and their raw bytes (base64); the stream keeps running.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from feedloop.events import FIELDS, Rejection, validate
+from feedloop.settings import Settings, get_settings
+
+APP_NAME = "feedloop-stream-events"
+TABLE = "events"
+MAX_OFFSETS_PER_TRIGGER = 100_000
+UI_PORT_OFFSET = 2
+
+EVENT_SCHEMA_DDL = (
+    "event_id string, event_type string, user_id string, item_id string, ts bigint, dwell_ms bigint, "
+    "query string, session_id string, feed_id string, position int, model_version string, "
+    "schema_version int, extra map<string,string>, kafka_partition int, kafka_offset bigint, "
+    "reason string, raw binary"
+)
+TABLE_COLUMNS = [*FIELDS, "extra", "kafka_partition", "kafka_offset", "ingested_at", "dt", "hr"]
+
+
+def validate_partition(batches: Iterator) -> Iterator:
+    """mapInPandas body: validate raw Kafka values with the one validator."""
+    import pandas as pd
+
+    for pdf in batches:
+        rows = []
+        for value, partition, offset in zip(pdf["value"], pdf["partition"], pdf["offset"]):
+            result = validate(value)
+            if isinstance(result, Rejection):
+                row = {name: None for name in FIELDS}
+                row.update(extra=None, reason=str(result), raw=bytes(value) if value is not None else b"")
+            else:
+                row = dict(result, reason=None, raw=None)
+            row.update(kafka_partition=int(partition), kafka_offset=int(offset))
+            rows.append(row)
+        yield pd.DataFrame(rows, columns=[c.split(" ")[0] for c in EVENT_SCHEMA_DDL.split(", ")])
+
+
+def split_valid(parsed):
+    """(valid events with dt/hr, rejected records) from the validated batch."""
+    from pyspark.sql import functions as F
+
+    valid = (
+        parsed.where(F.col("reason").isNull())
+        .withColumn("ingested_at", F.lit(int(time.time() * 1000)).cast("bigint"))
+        .withColumn("event_ts", F.timestamp_millis(F.col("ts")))
+        .withColumn("dt", F.date_format(F.col("event_ts"), "yyyy-MM-dd"))
+        .withColumn("hr", F.hour(F.col("event_ts")))
+        .dropDuplicates(["event_id"])
+        .select(*TABLE_COLUMNS)
+    )
+    rejected = parsed.where(F.col("reason").isNotNull())
+    return valid, rejected
+
+
+def dlq_records(rejected):
+    """Kafka records for the DLQ: JSON with reason, raw bytes (base64) and source offset."""
+    from pyspark.sql import functions as F
+
+    payload = F.to_json(
+        F.struct(
+            F.col("reason"),
+            F.base64(F.col("raw")).alias("raw_base64"),
+            F.col("kafka_partition").alias("source_partition"),
+            F.col("kafka_offset").alias("source_offset"),
+            F.lit(int(time.time() * 1000)).alias("rejected_at"),
+        )
+    )
+    return rejected.select(F.col("kafka_offset").cast("string").alias("key"), payload.alias("value"))
+
+
+class HiveEventsSink:
+    """foreachBatch target that writes each micro-batch exactly once into the events table."""
+
+    def __init__(self, spark, settings: Settings):
+        self.spark = spark
+        self.settings = settings
+        self.table = f"{settings.hive.database}.{TABLE}"
+        self.location = self._table_location()
+        self.progress_path = settings.var / "run" / "stream-events.json"
+        self.totals = {"batches": 0, "valid": 0, "rejected": 0, "duplicates": 0}
+
+    def _table_location(self) -> str:
+        rows = self.spark.sql(f"DESCRIBE TABLE EXTENDED {self.table}").collect()
+        return next(r.data_type for r in rows if r.col_name == "Location")
+
+    def _fs(self, path: str):
+        jvm = self.spark._jvm
+        jpath = jvm.org.apache.hadoop.fs.Path(path)
+        return jpath.getFileSystem(self.spark._jsc.hadoopConfiguration()), jpath
+
+    def _partition_dir(self, dt: str, hr: int) -> str:
+        return f"{self.location}/dt={dt}/hr={hr}"
+
+    def _delete_attempt(self, batch_id: int, partitions: list[tuple[str, int]]) -> None:
+        for dt, hr in partitions:
+            fs, _ = self._fs(self.location)
+            pattern = self.spark._jvm.org.apache.hadoop.fs.Path(f"{self._partition_dir(dt, hr)}/b{batch_id:010d}-*")
+            for status in fs.globStatus(pattern) or []:
+                fs.delete(status.getPath(), False)
+
+    def _existing_ids(self, partitions: list[tuple[str, int]]):
+        from pyspark.sql import functions as F
+
+        paths = [self._partition_dir(dt, hr) for dt, hr in partitions]
+        fs, _ = self._fs(self.location)
+        present = [p for p in paths if fs.exists(self.spark._jvm.org.apache.hadoop.fs.Path(p))]
+        present = [p for p in present if fs.globStatus(self.spark._jvm.org.apache.hadoop.fs.Path(p + "/*.parquet"))]
+        if not present:
+            return None
+        return self.spark.read.parquet(*[p + "/*.parquet" for p in present]).select(F.col("event_id"))
+
+    def __call__(self, batch_df, batch_id: int) -> None:
+        started = time.time()
+        parsed = batch_df.select("value", "partition", "offset").mapInPandas(validate_partition, EVENT_SCHEMA_DDL).cache()
+        valid, rejected = split_valid(parsed)
+        valid = valid.cache()
+        partitions = sorted((r.dt, r.hr) for r in valid.select("dt", "hr").distinct().collect())
+        self._delete_attempt(batch_id, partitions)
+        existing = self._existing_ids(partitions)
+        fresh = valid.join(existing, on="event_id", how="left_anti") if existing is not None else valid
+        n_valid = valid.count()
+        n_fresh = self._write(fresh, batch_id, partitions) if partitions else 0
+        n_rejected = self._send_to_dlq(rejected)
+        parsed.unpersist()
+        valid.unpersist()
+        self._record(batch_id, batch_df, n_fresh, n_rejected, n_valid - n_fresh, time.time() - started)
+
+    def _write(self, fresh, batch_id: int, partitions: list[tuple[str, int]]) -> int:
+        staging = f"{self.settings.warehouse.as_uri()}/_staging/{TABLE}/b{batch_id:010d}"
+        fresh = fresh.cache()
+        written = fresh.count()
+        if written:
+            fresh.coalesce(1).write.mode("overwrite").partitionBy("dt", "hr").parquet(staging)
+            self._move_into_place(staging, batch_id)
+            for dt, hr in partitions:
+                self.spark.sql(f"ALTER TABLE {self.table} ADD IF NOT EXISTS PARTITION (dt='{dt}', hr={hr})")
+        fresh.unpersist()
+        fs, staging_path = self._fs(staging)
+        fs.delete(staging_path, True)
+        return written
+
+    def _move_into_place(self, staging: str, batch_id: int) -> None:
+        jvm = self.spark._jvm
+        fs, _ = self._fs(staging)
+        for n, status in enumerate(fs.globStatus(jvm.org.apache.hadoop.fs.Path(f"{staging}/dt=*/hr=*/part-*.parquet")) or []):
+            src = status.getPath()
+            partition = f"{src.getParent().getParent().getName()}/{src.getParent().getName()}"
+            target_dir = jvm.org.apache.hadoop.fs.Path(f"{self.location}/{partition}")
+            fs.mkdirs(target_dir)
+            fs.rename(src, jvm.org.apache.hadoop.fs.Path(target_dir, f"b{batch_id:010d}-{n:04d}.zstd.parquet"))
+
+    def _send_to_dlq(self, rejected) -> int:
+        count = rejected.count()
+        if count:
+            (dlq_records(rejected).write.format("kafka")
+             .option("kafka.bootstrap.servers", self.settings.kafka.bootstrap)
+             .option("topic", self.settings.kafka.dlq_topic)
+             .option("kafka.enable.idempotence", "true")
+             .option("kafka.acks", "all")
+             .save())
+        return count
+
+    def _record(self, batch_id: int, batch_df, fresh: int, rejected: int, dups: int, seconds: float) -> None:
+        self.totals["batches"] += 1
+        self.totals["valid"] += fresh
+        self.totals["rejected"] += rejected
+        self.totals["duplicates"] += dups
+        state = {"batch_id": batch_id, "updated_at": time.time(), "batch_seconds": round(seconds, 2),
+                 "last_batch": {"written": fresh, "rejected": rejected, "duplicates": dups}, "since_start": self.totals}
+        self.progress_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.progress_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.progress_path)
+        print(f"batch {batch_id}: {fresh} events -> {self.table}, {rejected} -> DLQ, {dups} duplicates dropped "
+              f"({seconds:.1f}s)", flush=True)
+
+
+def read_kafka(spark, settings: Settings):
+    k = settings.kafka
+    return (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", k.bootstrap)
+        .option("subscribe", k.events_topic)
+        .option("startingOffsets", "earliest")
+        .option("maxOffsetsPerTrigger", MAX_OFFSETS_PER_TRIGGER)
+        .option("kafka.request.timeout.ms", k.request_timeout_ms * 6)
+        .option("failOnDataLoss", "true")
+        .load()
+    )
+
+
+def checkpoint_dir(settings: Settings) -> Path:
+    return settings.var / "checkpoints" / "stream-events"
+
+
+def main(args) -> int:
+    from feedloop.spark import get_spark
+
+    settings = get_settings()
+    spark = get_spark(APP_NAME, with_kafka=True, settings=settings)
+    spark.conf.set("spark.sql.shuffle.partitions", "2")
+    sink = HiveEventsSink(spark, settings)
+    writer = (
+        read_kafka(spark, settings).writeStream.foreachBatch(sink)
+        .option("checkpointLocation", checkpoint_dir(settings).as_uri())
+        .queryName("events_to_hive")
+    )
+    writer = writer.trigger(availableNow=True) if args.once else writer.trigger(processingTime=f"{settings.spark.streaming_trigger_s} seconds")
+    print(f"streaming {settings.kafka.events_topic} -> {sink.table} (checkpoint {checkpoint_dir(settings)})", flush=True)
+    query = writer.start()
+    query.awaitTermination()
+    totals = sink.totals
+    print(f"stream-events done: {totals['valid']} events written to {sink.table}, {totals['rejected']} to "
+          f"{settings.kafka.dlq_topic}, {totals['duplicates']} duplicates dropped in {totals['batches']} batches")
+    return 0
+
+
+def progress_summary(settings: Settings) -> str:
+    """One line for `feedloop status`: last batch and time since it."""
+    path = settings.var / "run" / "stream-events.json"
+    if not path.exists():
+        return "stream-events: no batch processed yet"
+    state = json.loads(path.read_text())
+    age = time.time() - state["updated_at"]
+    totals = state["since_start"]
+    return (f"stream-events: last batch {state['batch_id']} {age:.0f}s ago; since start {totals['valid']} events "
+            f"written, {totals['rejected']} to DLQ, {totals['duplicates']} duplicates dropped")

@@ -1,0 +1,65 @@
+import pytest
+
+from feedloop.settings import SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    for name in list(__import__("os").environ):
+        if name.startswith("FEEDLOOP_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("FEEDLOOP_CONFIG", str(tmp_path / "feedloop.yaml"))
+    return tmp_path
+
+
+def test_defaults_are_one_machine_on_loopback():
+    s = load_settings()
+    assert s.bind_host == "127.0.0.1"
+    assert s.kafka.bootstrap == "127.0.0.1:9092"
+    assert s.hive.metastore_uri == "thrift://127.0.0.1:9083"
+    assert s.spark.master.startswith("local")
+
+
+def test_env_overrides_yaml(isolated, monkeypatch):
+    (isolated / "feedloop.yaml").write_text("kafka:\n  bootstrap: a:1\nspark:\n  master: spark://m:7077\n")
+    monkeypatch.setenv("FEEDLOOP_KAFKA__BOOTSTRAP", "b1:9092,b2:9092")
+    s = load_settings()
+    assert s.kafka.bootstrap == "b1:9092,b2:9092"
+    assert s.spark.master == "spark://m:7077"
+
+
+def test_bad_value_names_setting_and_env_source(monkeypatch):
+    monkeypatch.setenv("FEEDLOOP_REDIS__PORT", "70000")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "redis.port" in str(err.value) and "env FEEDLOOP_REDIS__PORT" in str(err.value)
+
+
+def test_bad_value_names_yaml_file(isolated):
+    (isolated / "feedloop.yaml").write_text("spark:\n  master: bogus\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "spark.master" in str(err.value) and "feedloop.yaml" in str(err.value)
+
+
+def test_unknown_setting_is_named(monkeypatch):
+    monkeypatch.setenv("FEEDLOOP_KAFKA__BOOTSTRAPP", "x:1")
+    with pytest.raises(SettingsError, match="unknown setting kafka.bootstrapp"):
+        load_settings()
+
+
+def test_secrets_are_refused_in_the_yaml_file(isolated):
+    (isolated / "feedloop.yaml").write_text("redis:\n  password: hunter2\n")
+    with pytest.raises(SettingsError, match="FEEDLOOP_REDIS__PASSWORD"):
+        load_settings()
+
+
+def test_generated_secrets_are_read_and_env_wins(isolated, monkeypatch):
+    from feedloop.settings import generate_local_secrets
+
+    generate_local_secrets()
+    generated = load_settings().redis.password
+    assert len(generated) >= 16
+    monkeypatch.setenv("FEEDLOOP_REDIS__PASSWORD", "from-env")
+    assert load_settings().redis.password == "from-env"
