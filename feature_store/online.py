@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 PREFIX = "feedloop"
 GRACE_S = 600
@@ -120,7 +122,12 @@ class Feed:
 
 
 def connect(settings) -> redis.Redis:
-    """A Redis client with bounded timeouts, so a dead server fails fast."""
+    """A Redis client with bounded timeouts, so a dead server fails fast.
+
+    redis-py retries 10 times with backoff by default, which turns a dead server
+    into a multi-second wait; one immediate retry still heals a pooled connection
+    that went stale across a Redis restart.
+    """
     rs = settings.redis
     return redis.Redis(
         host=rs.host,
@@ -129,6 +136,7 @@ def connect(settings) -> redis.Redis:
         db=rs.db,
         socket_timeout=rs.socket_timeout_s,
         socket_connect_timeout=rs.socket_timeout_s,
+        retry=Retry(NoBackoff(), 1),
         decode_responses=True,
     )
 

@@ -156,7 +156,8 @@ def _midnight(ds: date) -> datetime:
 
 def task_log_path(settings: Settings, ti: dict[str, Any]) -> Path:
     """Where Airflow's default log_filename_template puts a task instance's log."""
-    path = airflow_log_dir(settings) / f"dag_id={ti['dag_id']}" / f"run_id={ti['dag_run_id']}" / f"task_id={ti['task_id']}"
+    run_dir = airflow_log_dir(settings) / f"dag_id={ti['dag_id']}" / f"run_id={ti['dag_run_id']}"
+    path = run_dir / f"task_id={ti['task_id']}"
     if ti.get("map_index", -1) >= 0:
         path = path / f"map_index={ti['map_index']}"
     return path / f"attempt={max(ti.get('try_number') or 1, 1)}.log"
@@ -261,7 +262,9 @@ def run_dag(settings: Settings, dag_id: str, ds: date, timeout: float) -> str:
         run_id = start_run(client, dag_id, ds)
         if dag.get("is_paused"):
             client.set_paused(dag_id, False)
-            print(f"unpaused {dag_id} (it now also runs on its schedule)", flush=True)
+            schedule = dag.get("timetable_summary")
+            print(f"unpaused {dag_id}" + (f"; it now also runs on its schedule ({schedule})" if schedule else ""),
+                  flush=True)
         state = follow_run(client, settings, dag_id, run_id, timeout)
         print(f"{dag_id} run {run_id} for {ds}: {state}; UI {client.base_url}/dags/{dag_id}", flush=True)
         return state

@@ -3,7 +3,8 @@
 One function builds the environment (Airflow reads ``AIRFLOW__<SECTION>__<KEY>``),
 so the api-server, scheduler, dag-processor, triggerer and ``airflow db migrate``
 can never disagree about the database, the JWT secret or the dags folder.
-Nothing here writes an ``airflow.cfg``: the settings object is the one source.
+Airflow writes a default ``airflow.cfg`` under var/airflow on first start; every
+value that matters is set here through the environment, which wins over that file.
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ def _derived_key(secret: str, purpose: str) -> str:
     return hashlib.sha256(f"feedloop:{purpose}:{secret}".encode()).hexdigest()
 
 
+def _fernet_key(secret: str) -> str:
+    # Stable across restarts (connections stay readable), derived rather than a
+    # second secret to manage; Fernet wants 32 url-safe base64 bytes.
+    return base64.urlsafe_b64encode(hashlib.sha256(f"feedloop:fernet:{secret}".encode()).digest()).decode()
+
+
 def airflow_env(settings: Settings) -> dict[str, str]:
     """The complete environment for every Airflow process.
 
@@ -119,12 +126,6 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     # BashOperator tasks inherit this PATH and must find the venv's `feedloop`.
     env["PATH"] = os.pathsep.join([venv_bin, *path])
     return env
-
-
-def _fernet_key(secret: str) -> str:
-    # Stable across restarts (connections stay readable), derived rather than a
-    # second secret to manage; Fernet wants 32 url-safe base64 bytes.
-    return base64.urlsafe_b64encode(hashlib.sha256(f"feedloop:fernet:{secret}".encode()).digest()).decode()
 
 
 def _airflow_bin() -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 
 from feedloop.settings import SettingsError
 
@@ -90,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # Exit 1 means "not yet" to sensors (wait-partition); a crash must not look like that.
+        traceback.print_exc()
+        return 3
     return int(result or 0)
 
 

@@ -1,0 +1,274 @@
+"""The feed API against the real Redis (and Kafka for events): no mocks.
+
+Feeds are published with :func:`feature_store.online.publish_feeds`, as the batch and
+streaming jobs do, then read through the app. Every test uses its own uuid-named
+users, segments and items; the few shared keys (trending, popular, the catch-all
+segment feed) are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import warnings
+
+import orjson
+import pytest
+
+from feature_store import online
+from feedloop.events import new_event
+from serving.app import create_app
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # starlette asks for httpx2; httpx works
+    from fastapi.testclient import TestClient
+
+pytestmark = pytest.mark.integration
+
+CATCH_ALL = "any|any|any"
+
+
+@pytest.fixture(scope="module")
+def api(settings):
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def uid():
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def cleanup(redis_client):
+    keys: list[str] = []
+    members: list[tuple[str, list[str]]] = []
+    yield keys, members
+    if keys:
+        redis_client.delete(*keys)
+    for key, items in members:
+        redis_client.zrem(key, *items)
+
+
+def _publish(redis_client, feeds, publication=None):
+    return online.publish_feeds(redis_client, feeds, ttl_s=300, publication=publication)
+
+
+def _items(body):
+    return [row["item_id"] for row in body["items"]]
+
+
+@pytest.fixture
+def no_catch_all_feed(redis_client):
+    """Hide the ``any|any|any`` segment pointer for one test, then put it back as it was."""
+    pointer = online.feed_key("seg", CATCH_ALL)
+    value, ttl_ms = redis_client.get(pointer), redis_client.pttl(pointer)
+    redis_client.delete(pointer)
+    yield
+    if value is not None:
+        redis_client.set(pointer, value, px=ttl_ms if ttl_ms > 0 else None, nx=True)
+
+
+def test_user_feed_with_its_model_version(api, redis_client, uid, cleanup):
+    items = [f"i-{uid}-{n}" for n in range(5)]
+    feed = online.Feed(items=items, model_version="v7", scores=[0.9, 0.8, 0.7, 0.6, 0.5])
+    pub = _publish(redis_client, {("user", f"u-{uid}"): feed})
+    body = api.get(f"/v1/feeds/users/u-{uid}").json()
+    assert body["source"] == "user" and body["user_id"] == f"u-{uid}"
+    assert body["model_version"] == "v7"
+    assert body["publication"] == pub
+    assert body["feed_id"] == f"user:u-{uid}@{pub}"
+    assert _items(body) == items
+    assert [row["position"] for row in body["items"]] == [0, 1, 2, 3, 4]
+    assert body["items"][0]["score"] == pytest.approx(0.9)
+    assert body["generated_at_ms"] > 0 and body["generated_at"].endswith("Z")
+    assert body["next_cursor"] is None and body["cursor_reset"] is False
+
+
+def test_falls_back_to_the_nearest_published_segment(api, redis_client, uid, cleanup):
+    keys, _ = cleanup
+    exact, coarser = f"G{uid}|B{uid}|I{uid}", f"G{uid}|B{uid}|any"
+    profile = online.user_profile_key(f"u-{uid}")
+    redis_client.hset(profile, mapping={"segment": exact})
+    keys.append(profile)
+    _publish(redis_client, {("seg", coarser): online.Feed(items=[f"c-{uid}"], model_version="v3")})
+    body = api.get(f"/v1/feeds/users/u-{uid}").json()
+    assert (body["source"], body["segment"], body["model_version"]) == ("segment", coarser, "v3")
+    assert _items(body) == [f"c-{uid}"]
+
+    _publish(redis_client, {("seg", exact): online.Feed(items=[f"e-{uid}"], model_version="v4")})
+    body = api.get(f"/v1/feeds/users/u-{uid}").json()
+    assert (body["source"], body["segment"], _items(body)) == ("segment", exact, [f"e-{uid}"])
+
+    _publish(redis_client, {("user", f"u-{uid}"): online.Feed(items=[f"p-{uid}"], model_version="v5")})
+    body = api.get(f"/v1/feeds/users/u-{uid}").json()
+    assert (body["source"], body["segment"], _items(body)) == ("user", None, [f"p-{uid}"])
+
+
+def test_falls_back_to_trending_without_any_segment_feed(api, redis_client, uid, cleanup, no_catch_all_feed):
+    _, members = cleanup
+    hot = [f"t-{uid}-{n}" for n in range(3)]
+    trending = online.trending_key("1m")
+    # far above any real score, so this test's items rank first even on a busy stack
+    redis_client.zadd(trending, {item: 1e12 - n for n, item in enumerate(hot)})
+    members.append((trending, hot))
+    body = api.get(f"/v1/feeds/users/u-{uid}?limit=3").json()
+    assert (body["source"], body["window"], body["model_version"]) == ("trending", "1m", None)
+    assert _items(body) == hot
+    assert "trending" in api.get("/metrics").text
+
+
+def test_recently_seen_items_are_left_out(api, redis_client, uid, cleanup):
+    keys, _ = cleanup
+    items = [f"i-{uid}-{n}" for n in range(6)]
+    _publish(redis_client, {("user", f"u-{uid}"): online.Feed(items=items, model_version="v1")})
+    recent = online.user_recent_key(f"u-{uid}")
+    redis_client.zadd(recent, {items[0]: time.time() * 1000, items[3]: time.time() * 1000})
+    keys.append(recent)
+    body = api.get(f"/v1/feeds/users/u-{uid}").json()
+    assert _items(body) == [items[1], items[2], items[4], items[5]]
+    assert [row["position"] for row in body["items"]] == [1, 2, 4, 5]
+
+
+def test_fully_seen_user_feed_gives_way_to_the_segment_feed(api, redis_client, uid, cleanup):
+    keys, _ = cleanup
+    segment = f"G{uid}|B{uid}|I{uid}"
+    profile, recent = online.user_profile_key(f"u-{uid}"), online.user_recent_key(f"u-{uid}")
+    redis_client.hset(profile, "segment", segment)
+    redis_client.zadd(recent, {f"seen-{uid}": 1})
+    keys += [profile, recent]
+    _publish(redis_client, {
+        ("user", f"u-{uid}"): online.Feed(items=[f"seen-{uid}"], model_version="v1"),
+        ("seg", segment): online.Feed(items=[f"fresh-{uid}"], model_version="v1"),
+    })
+    body = api.get(f"/v1/feeds/users/u-{uid}").json()
+    assert (body["source"], _items(body)) == ("segment", [f"fresh-{uid}"])
+
+
+def test_pages_walk_one_publication_to_the_end(api, redis_client, uid, cleanup):
+    keys, _ = cleanup
+    items = [f"i-{uid}-{n:02d}" for n in range(11)]
+    _publish(redis_client, {("user", f"u-{uid}"): online.Feed(items=items, model_version="v1")})
+    recent = online.user_recent_key(f"u-{uid}")
+    redis_client.zadd(recent, {items[4]: 1})
+    keys.append(recent)
+
+    seen, cursor, pages = [], None, 0
+    while True:
+        params = {"limit": 3} | ({"cursor": cursor} if cursor else {})
+        body = api.get(f"/v1/feeds/users/u-{uid}", params=params).json()
+        assert body["cursor_reset"] is False
+        seen += _items(body)
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+        # another feed's publication does not disturb this one's pages
+        _publish(redis_client, {("user", f"other-{uid}"): online.Feed(items=["x"], model_version="v9")})
+    keys.append(online.feed_key("user", f"other-{uid}"))
+    assert seen == [item for item in items if item != items[4]]
+    assert pages == 4
+
+
+def test_republication_restarts_the_pages_and_says_so(api, redis_client, uid):
+    user = f"u-{uid}"
+    first = [f"a-{uid}-{n}" for n in range(6)]
+    second = [f"b-{uid}-{n}" for n in range(6)]
+    now = int(time.time() * 1000)
+    old = _publish(redis_client, {("user", user): online.Feed(items=first, model_version="v1")}, str(now))
+    page1 = api.get(f"/v1/feeds/users/{user}", params={"limit": 2}).json()
+    assert _items(page1) == first[:2] and page1["publication"] == old
+
+    new = _publish(redis_client, {("user", user): online.Feed(items=second, model_version="v2")}, str(now + 1))
+    page2 = api.get(f"/v1/feeds/users/{user}", params={"limit": 2, "cursor": page1["next_cursor"]}).json()
+    assert page2["cursor_reset"] is True
+    assert (page2["publication"], page2["model_version"]) == (new, "v2")
+    assert _items(page2) == second[:2] and page2["items"][0]["position"] == 0
+    page3 = api.get(f"/v1/feeds/users/{user}", params={"limit": 2, "cursor": page2["next_cursor"]}).json()
+    assert page3["cursor_reset"] is False and _items(page3) == second[2:4]
+
+    # a stale backfill is refused by the store, so the pages go on undisturbed
+    _publish(redis_client, {("user", user): online.Feed(items=first, model_version="v0")}, str(now - 1000))
+    page4 = api.get(f"/v1/feeds/users/{user}", params={"limit": 2, "cursor": page3["next_cursor"]}).json()
+    assert page4["cursor_reset"] is False and _items(page4) == second[4:6] and page4["next_cursor"] is None
+
+
+def test_segment_endpoint(api, redis_client, uid):
+    segment = f"F|25-34|{uid}"
+    pub = _publish(redis_client, {("seg", segment): online.Feed(items=["s1", "s2", "s3"], model_version="v8")})
+    body = api.get(f"/v1/feeds/segments/{segment}", params={"limit": 2}).json()
+    assert (body["source"], body["segment"], body["publication"]) == ("segment", segment, pub)
+    assert body["model_version"] == "v8"
+    assert _items(body) == ["s1", "s2"]
+    rest = api.get(f"/v1/feeds/segments/{segment}", params={"cursor": body["next_cursor"]}).json()
+    assert _items(rest) == ["s3"] and rest["next_cursor"] is None
+
+
+def test_unknown_segment_is_a_404_naming_it(api, uid):
+    segment = f"M|35-44|{uid}"
+    response = api.get(f"/v1/feeds/segments/{segment}")
+    assert response.status_code == 404
+    assert response.json()["segment"] == segment and segment in response.json()["error"]
+
+
+def test_trending_and_popular_endpoints(api, redis_client, uid, cleanup):
+    _, members = cleanup
+    ten, pop = [f"t10-{uid}"], [f"pop-{uid}"]
+    redis_client.zadd(online.trending_key("10m"), {ten[0]: 1e12})
+    redis_client.zadd(online.popular_key(), {pop[0]: 1e12})
+    members += [(online.trending_key("10m"), ten), (online.popular_key(), pop)]
+    body = api.get("/v1/trending", params={"window": "10m", "limit": 1}).json()
+    assert (body["window"], _items(body), body["items"][0]["score"]) == ("10m", ten, 1e12)
+    body = api.get("/v1/popular", params={"limit": 1}).json()
+    assert (body["source"], _items(body)) == ("popular", pop)
+
+
+def test_user_stats(api, redis_client, uid, cleanup):
+    keys, _ = cleanup
+    stats = online.user_stats_key(f"u-{uid}")
+    redis_client.hset(stats, mapping={"click": 3, "view": 12})
+    keys.append(stats)
+    assert api.get(f"/v1/users/u-{uid}/stats").json() == {"user_id": f"u-{uid}", "stats": {"click": 3, "view": 12}}
+    assert api.get(f"/v1/users/nobody-{uid}/stats").json()["stats"] == {}
+
+
+def test_ready_when_redis_answers(api):
+    response = api.get("/readyz")
+    assert response.status_code == 200 and response.json()["redis"] == "ok"
+
+
+def test_events_reach_kafka_keyed_by_user(api, settings, uid):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # kafka-python's own importlib.resources use
+        from kafka import KafkaConsumer, TopicPartition
+
+    topic = settings.kafka.events_topic
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False,
+                             consumer_timeout_ms=1000)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        assert partitions, f"topic {topic} does not exist"
+        consumer.assign(partitions)
+        consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            consumer.position(tp)  # resolve the end offsets before posting
+
+        events = [new_event("click", f"u-{uid}", f"i-{uid}", feed_id="seg:x@1", position=0),
+                  new_event("search", f"u-{uid}", None, query="boots")]
+        response = api.post("/v1/events", json={"events": events}, headers={"X-API-Key": settings.api.api_key})
+        assert response.status_code == 202, response.text
+        assert response.json() == {"accepted": 2}
+
+        wanted = {e["event_id"] for e in events}
+        got = {}
+        deadline = time.monotonic() + 20
+        while wanted - got.keys() and time.monotonic() < deadline:
+            for record in consumer:
+                value = orjson.loads(record.value)
+                if value.get("event_id") in wanted:
+                    got[value["event_id"]] = (record.key, value)
+        assert got.keys() == wanted
+        assert {key for key, _ in got.values()} == {f"u-{uid}".encode()}
+        assert {value["event_type"] for _, value in got.values()} == {"click", "search"}
+    finally:
+        consumer.close()
