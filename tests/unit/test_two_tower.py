@@ -1,0 +1,128 @@
+"""The two-tower model learns a clear preference structure, handles cold start, saves and loads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models import data
+
+tf = pytest.importorskip("tensorflow")
+
+from models.two_tower import TowerConfig, TwoTower, in_batch_softmax_loss, popularity_metrics  # noqa: E402
+
+CATEGORIES = ("comedy", "drama", "sports", "music", "tech", "food")
+N_USERS, N_ITEMS, N_EVENTS = 240, 300, 6000
+
+
+def synthetic(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Users mostly engage with half the items of their top interest's category."""
+    rng = np.random.default_rng(seed)
+    items = pd.DataFrame({"item_id": [f"i{n}" for n in range(N_ITEMS)],
+                          "category": [CATEGORIES[n % len(CATEGORIES)] for n in range(N_ITEMS)]})
+    interest = rng.integers(0, len(CATEGORIES), N_USERS)
+    users = pd.DataFrame({
+        "user_id": [f"u{n}" for n in range(N_USERS)],
+        "gender": rng.choice(["F", "M"], N_USERS),
+        "age": rng.integers(18, 70, N_USERS),
+        "interests": [[CATEGORIES[i], CATEGORIES[(i + 1) % len(CATEGORIES)]] for i in interest],
+    })
+    half = N_ITEMS // len(CATEGORIES) // 2
+    liked = {c: np.arange(n, N_ITEMS, len(CATEGORIES))[:half] for n, c in enumerate(CATEGORIES)}
+    who = rng.integers(0, N_USERS, N_EVENTS)
+    on_topic = rng.random(N_EVENTS) < 0.85
+    favourite = [rng.choice(liked[CATEGORIES[interest[u]]]) for u in who]
+    item = np.where(on_topic, favourite, rng.integers(0, N_ITEMS, N_EVENTS))
+    types = rng.choice(["view", "click", "dwell", "cart", "like", "purchase"], N_EVENTS, p=[.4, .2, .2, .1, .07, .03])
+    events = pd.DataFrame({
+        "user_id": users["user_id"].to_numpy()[who],
+        "item_id": items["item_id"].to_numpy()[item],
+        "event_type": types,
+        "ts": 1_767_225_600_000 + np.sort(rng.integers(0, 30 * 86_400_000, N_EVENTS)),
+        "dwell_ms": np.where(types == "dwell", 20_000, None),
+    })
+    return events, users, items
+
+
+SMALL = TowerConfig(embedding_dim=16, hash_buckets=2_000, temperature=0.1, seed=3)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    tf.keras.utils.set_random_seed(3)
+    events, users, items = synthetic()
+    pairs = data.positive_pairs(events)
+    train, holdout = data.time_split(pairs)
+    user_features, catalogue = data.user_features(users), data.catalogue(items, pairs)
+    model = TwoTower(SMALL)
+    losses = model.fit(train, user_features, catalogue, epochs=8, batch_size=256, learning_rate=0.1, log=lambda _: None)
+    return model, losses, train, holdout, user_features, catalogue
+
+
+def test_loss_decreases(trained):
+    _, losses, *_ = trained
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_recall_beats_random_and_popularity(trained):
+    model, _, train, holdout, user_features, catalogue = trained
+    metrics = model.evaluate(train, holdout, user_features, catalogue, k=10)
+    popularity = popularity_metrics(train, holdout, catalogue, k=10)
+    random_recall = 10 / len(catalogue)
+    assert metrics["eval_users"] > 100
+    assert metrics["recall10"] > 3 * random_recall, metrics
+    assert metrics["ndcg10"] > popularity["ndcg10"], (metrics, popularity)
+
+
+def test_cold_start_segment_query_prefers_its_interest(trained):
+    model, *_, catalogue = trained
+    # no user id (never seen, or a segment feed): the segment features alone decide
+    query = model.query_embeddings(["", "brand-new-user"], ["F|25-34|sports", "M|35-44|sports"])
+    items = model.item_embeddings(catalogue["item_id"].tolist(), catalogue["category"].tolist())
+    top = data.top_k(query @ items.T, None, 10)
+    for row in top:
+        share = (catalogue["category"].to_numpy()[row] == "sports").mean()
+        assert share >= 0.7, catalogue.iloc[row]
+
+
+def test_outputs_are_unit_vectors_and_round_trip(trained, tmp_path):
+    model, *_ = trained
+    query = model.query_embeddings(["u1", ""], ["F|25-34|comedy", "any|any|any"])
+    np.testing.assert_allclose(np.linalg.norm(query, axis=1), 1.0, rtol=1e-5)
+    loaded = TwoTower.load(model.save(tmp_path / "towers"))
+    assert loaded.config == model.config
+    np.testing.assert_allclose(loaded.query_embeddings(["u1", ""], ["F|25-34|comedy", "any|any|any"]), query, atol=1e-6)
+    np.testing.assert_allclose(loaded.item_embeddings(["i1"], ["drama"]), model.item_embeddings(["i1"], ["drama"]),
+                               atol=1e-6)
+
+
+def test_loss_prefers_aligned_pairs_and_ignores_accidental_hits():
+    eye = tf.eye(3)
+    ids = tf.constant(["a", "b", "c"])
+    zero_q, unit_w = tf.zeros(3), tf.ones(3)
+    aligned = in_batch_softmax_loss(eye, eye, zero_q, unit_w, ids, 0.1)
+    shuffled = in_batch_softmax_loss(eye, tf.roll(eye, 1, axis=0), zero_q, unit_w, ids, 0.1)
+    assert float(aligned) < 0.01 < float(shuffled)
+    # the same item twice in a batch is not its own negative: loss as if the batch held it once
+    dup = tf.constant([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    with_dup = in_batch_softmax_loss(dup, dup, tf.zeros(3), unit_w, tf.constant(["a", "a", "b"]), 0.1)
+    assert float(with_dup) < 0.01
+
+
+def test_logq_correction_discounts_popular_candidates():
+    query = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    candidate = tf.constant([[1.0, 0.0], [0.7071, 0.7071]])
+    ids = tf.constant(["popular", "niche"])
+    log_q = tf.math.log([0.9, 0.1])
+    row0, row1 = tf.constant([1.0, 0.0]), tf.constant([0.0, 1.0])
+
+    def loss(log_q, weight):
+        return float(in_batch_softmax_loss(query, candidate, log_q, weight, ids, 1.0))
+
+    # a popular positive earns less credit; a niche positive earns more
+    assert loss(log_q, row0) > loss(tf.zeros(2), row0)
+    assert loss(log_q, row1) < loss(tf.zeros(2), row1)
+    # weights select rows: row 0 alone is plain softmax cross-entropy
+    expected = -np.log(np.exp(1.0) / (np.exp(1.0) + np.exp(0.7071)))
+    assert loss(tf.zeros(2), row0) == pytest.approx(expected, rel=1e-4)
