@@ -554,13 +554,14 @@ def up(names: list[str] | None = None, settings: Settings | None = None) -> Sett
         batch = [s for s in SERVICES if s.wave == wave and s.name in wanted]
         if wave == 2:
             _after_wave1(settings)
-        if wave == 3 and any(s.name.startswith("airflow-") for s in batch):
+        states = _states(settings)
+        if wave == 3 and any(s.name.startswith("airflow-") and states.get(s.name) != "RUNNING" for s in batch):
             from feedloop.airflow_env import airflow_init
 
             print("  migrating the Airflow database", flush=True)
             airflow_init(settings)
         for svc in batch:
-            if _states(settings).get(svc.name) != "RUNNING":
+            if states.get(svc.name) != "RUNNING":
                 rpc.startProcess(svc.name, False)
         _wait_healthy(settings, batch)
         if wave == 2 and "thriftserver" in wanted:
