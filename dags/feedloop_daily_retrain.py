@@ -30,7 +30,9 @@ DEFAULT_ARGS = {
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
-    max_active_runs=1,
+    # 2, so a run waiting in its sensor for a late partition never blocks a manual
+    # run (demo, backfill) of another day for up to the sensor's timeout.
+    max_active_runs=2,
     default_args=DEFAULT_ARGS,
     tags=["feedloop", "retrain"],
     doc_md=__doc__,

@@ -270,11 +270,12 @@ def run_dag(settings: Settings, dag_id: str, ds: date, timeout: float) -> str:
         return state
 
 
-def latest_run_state(settings: Settings, dag_id: str) -> str | None:
-    """State of dag_id's most recent run ('success', 'running', ...), or None if it has none."""
+def run_state_for(settings: Settings, dag_id: str, ds: date) -> str | None:
+    """State of dag_id's latest run for logical date ds ('success', 'running', ...), or None."""
     with AirflowClient.from_settings(settings) as client:
-        run = client.latest_run(dag_id)
-        return run["state"] if run else None
+        runs = client.runs_for_date(dag_id, _midnight(ds))
+        latest = max(runs, key=lambda run: run.get("run_after") or "", default=None)
+        return latest["state"] if latest else None
 
 
 def cmd_run_dag(args) -> int:

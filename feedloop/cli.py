@@ -33,6 +33,11 @@ def _simulate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-catalog", action="store_true", help="do not (re)write the users/items tables")
 
 
+def _movielens(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="directory holding u.user, u.item, u.data (ML-100K format)")
+    parser.add_argument("--limit", type=int, default=0, help="import only the first N ratings (0: all)")
+
+
 def _stream(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true", help="process what is in Kafka now, then exit")
 
@@ -61,6 +66,7 @@ COMMANDS = {
     "topics": ("feedloop.services:cmd_topics", "create the Kafka topics (idempotent)", _none),
     "supervise": ("feedloop.services:cmd_supervise", "(internal) run one service in the foreground", lambda p: p.add_argument("service")),
     "simulate": ("feedloop.simulator:main", "publish simulated users' events to Kafka", _simulate),
+    "import-movielens": ("feedloop.movielens:main", "import ML-100K users, items and ratings (as events)", _movielens),
     "stream-events": ("spark.stream_events:main", "Kafka -> validate -> Hive events (exactly once)", _stream),
     "wait-partition": ("spark.partitions:main", "exit 0 when the day's partition has rows, 1 otherwise", _wait),
     "train": ("models.train:main", "train the two-tower model on a day's data and register it", _ds),

@@ -17,8 +17,10 @@ SCHEMA_VERSION = 1
 EVENT_TYPES = ("impression", "click", "dwell", "view", "cart", "like", "purchase", "search")
 MAX_EVENT_BYTES = 64 * 1024
 MAX_ID_LEN = 128
-# Events further than this from now are rejected (bad clocks, unit mistakes such as seconds).
-MAX_CLOCK_SKEW_MS = 400 * 24 * 3600 * 1000
+# Event times must fall between 1995-01-01 (catches seconds sent as milliseconds,
+# and still admits historical imports such as MovieLens) and a day ahead of now.
+MIN_TS_MS = 788_918_400_000
+MAX_FUTURE_MS = 24 * 3600 * 1000
 
 FIELDS = (
     "event_id", "event_type", "user_id", "item_id", "ts", "dwell_ms", "query",
@@ -70,8 +72,10 @@ def validate_dict(data: Any, now_ms: int | None = None) -> dict[str, Any] | Reje
     if not _is_int(ts):
         return Rejection("ts", "must be an integer (ms since epoch)")
     now = now_ms if now_ms is not None else int(time.time() * 1000)
-    if abs(ts - now) > MAX_CLOCK_SKEW_MS:
-        return Rejection("ts", "is more than 400 days from now (ms since epoch expected)")
+    if ts < MIN_TS_MS:
+        return Rejection("ts", "is before 1995-01-01 (milliseconds since epoch expected, not seconds)")
+    if ts > now + MAX_FUTURE_MS:
+        return Rejection("ts", "is more than a day in the future")
     dwell = data.get("dwell_ms")
     if event_type == "dwell":
         if not _is_int(dwell) or dwell < 0:

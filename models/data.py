@@ -13,15 +13,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from feature_store.definitions import DWELL_MAX_BONUS, DWELL_MIN_MS, DWELL_UNIT_MS, EVENT_WEIGHTS, POSITIVE_TYPES  # noqa: F401
 from feature_store.segments import ANY, segment_of
 
-# Event weights from the seed system. Click and dwell are scored by dwell time
-# (see dwell_weight); impression and search are context, not positives.
-EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "cart": 3.0, "like": 4.0, "purchase": 5.0}
-DWELL_MIN_MS = 5_000
-DWELL_UNIT_MS = 30_000
-DWELL_MAX_BONUS = 3.0
-POSITIVE_TYPES = (*EVENT_WEIGHTS, "dwell")
 
 HOLDOUT_SHARE = 0.2
 PAIR_COLUMNS = ["user_id", "item_id", "weight", "ts"]

@@ -56,6 +56,11 @@ def validate_partition(batches: Iterator) -> Iterator:
         yield pd.DataFrame(rows, columns=[c.split(" ")[0] for c in EVENT_SCHEMA_DDL.split(", ")])
 
 
+def validated(batch_df):
+    """The raw Kafka batch run through the one validator (columns of EVENT_SCHEMA_DDL)."""
+    return batch_df.select("value", "partition", "offset").mapInPandas(validate_partition, EVENT_SCHEMA_DDL)
+
+
 def split_valid(parsed):
     """(valid events with dt/hr, rejected records) from the validated batch."""
     from pyspark.sql import functions as F
@@ -132,7 +137,7 @@ class HiveEventsSink:
 
     def __call__(self, batch_df, batch_id: int) -> None:
         started = time.time()
-        parsed = batch_df.select("value", "partition", "offset").mapInPandas(validate_partition, EVENT_SCHEMA_DDL).cache()
+        parsed = validated(batch_df).cache()
         valid, rejected = split_valid(parsed)
         valid = valid.cache()
         partitions = sorted((r.dt, r.hr) for r in valid.select("dt", "hr").distinct().collect())
@@ -210,29 +215,50 @@ def read_kafka(spark, settings: Settings):
     )
 
 
-def checkpoint_dir(settings: Settings) -> Path:
-    return settings.var / "checkpoints" / "stream-events"
+AGGREGATES_TRIGGER_S = 1
+
+
+def checkpoint_dir(settings: Settings, query: str = "stream-events") -> Path:
+    return settings.var / "checkpoints" / query
+
+
+def _start(spark, settings: Settings, sink, name: str, checkpoint: Path, once: bool, every_s: int):
+    writer = (
+        read_kafka(spark, settings).writeStream.foreachBatch(sink)
+        .option("checkpointLocation", checkpoint.as_uri())
+        .queryName(name)
+    )
+    writer = writer.trigger(availableNow=True) if once else writer.trigger(processingTime=f"{every_s} seconds")
+    return writer.start()
 
 
 def main(args) -> int:
+    """Two queries in one Spark app: events -> Hive (exactly once) and events -> Redis aggregates."""
     from feedloop.spark import get_spark
+    from spark.stream_aggregates import RedisAggregatesSink
 
     settings = get_settings()
     spark = get_spark(APP_NAME, with_kafka=True, settings=settings)
     spark.conf.set("spark.sql.shuffle.partitions", "2")
-    sink = HiveEventsSink(spark, settings)
-    writer = (
-        read_kafka(spark, settings).writeStream.foreachBatch(sink)
-        .option("checkpointLocation", checkpoint_dir(settings).as_uri())
-        .queryName("events_to_hive")
-    )
-    writer = writer.trigger(availableNow=True) if args.once else writer.trigger(processingTime=f"{settings.spark.streaming_trigger_s} seconds")
-    print(f"streaming {settings.kafka.events_topic} -> {sink.table} (checkpoint {checkpoint_dir(settings)})", flush=True)
-    query = writer.start()
-    query.awaitTermination()
-    totals = sink.totals
-    print(f"stream-events done: {totals['valid']} events written to {sink.table}, {totals['rejected']} to "
-          f"{settings.kafka.dlq_topic}, {totals['duplicates']} duplicates dropped in {totals['batches']} batches")
+    hive_sink = HiveEventsSink(spark, settings)
+    redis_checkpoint = checkpoint_dir(settings, "stream-aggregates")
+    redis_sink = RedisAggregatesSink(settings, redis_checkpoint)
+    queries = [
+        _start(spark, settings, hive_sink, "events_to_hive", checkpoint_dir(settings), args.once,
+               settings.spark.streaming_trigger_s),
+        _start(spark, settings, redis_sink, "events_to_redis", redis_checkpoint, args.once, AGGREGATES_TRIGGER_S),
+    ]
+    print(f"streaming {settings.kafka.events_topic} -> {hive_sink.table} and Redis aggregates "
+          f"(checkpoints under {checkpoint_dir(settings).parent})", flush=True)
+    if args.once:
+        for query in queries:
+            query.awaitTermination()
+    else:
+        spark.streams.awaitAnyTermination()  # one query failing stops the app; the supervisor restarts it
+    totals = hive_sink.totals
+    print(f"stream-events done: {totals['valid']} events written to {hive_sink.table}, {totals['rejected']} to "
+          f"{settings.kafka.dlq_topic}, {totals['duplicates']} duplicates dropped in {totals['batches']} batches; "
+          f"{redis_sink.applied} events aggregated into Redis")
     return 0
 
 

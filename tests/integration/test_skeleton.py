@@ -59,9 +59,11 @@ def dag_run(settings, day_loaded):
 
 
 def test_airflow_reports_a_successful_retrain(settings, dag_run):
-    from feedloop.airflow_client import latest_run_state
+    from datetime import date
 
-    assert latest_run_state(settings, "feedloop_daily_retrain") == "success"
+    from feedloop.airflow_client import run_state_for
+
+    assert run_state_for(settings, "feedloop_daily_retrain", date.fromisoformat(DS)) == "success"
 
 
 def test_mlflow_registry_has_a_champion(settings, dag_run):

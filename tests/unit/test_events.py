@@ -10,6 +10,10 @@ def raw(event) -> bytes:
     return json.dumps(event).encode()
 
 
+def test_historical_events_are_valid():
+    assert not isinstance(validate(raw(new_event("view", "u1", "i1", ts_ms=874_965_758_000))), Rejection)
+
+
 def test_valid_event_is_cleaned_and_unknown_fields_kept():
     event = new_event("dwell", "u1", "i1", dwell_ms=1200, colour="red")
     result = validate(raw(event))
@@ -32,6 +36,7 @@ def test_valid_event_is_cleaned_and_unknown_fields_kept():
         (raw(new_event("dwell", "u1", "i1", dwell_ms="5")), "dwell_ms"),
         (raw({**new_event("view", "u1", "i1"), "ts": "yesterday"}), "ts"),
         (raw({**new_event("view", "u1", "i1"), "ts": int(time.time())}), "ts"),
+        (raw({**new_event("view", "u1", "i1"), "ts": int(time.time() * 1000) + 3 * 86_400_000}), "ts"),
         (raw({**new_event("view", "u1", "i1"), "position": -1}), "position"),
         (b"x" * 2_000_000, "record"),
     ],
