@@ -688,20 +688,38 @@ def create_topics(settings: Settings) -> list[str]:
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    from kafka.admin import ConfigResource, ConfigResourceType
+
     k = settings.kafka
     admin = KafkaAdminClient(bootstrap_servers=k.bootstrap, request_timeout_ms=k.request_timeout_ms, client_id="feedloop-admin")
     try:
         existing = set(admin.list_topics())
-        topics = [k.events_topic, k.dlq_topic, k.served_topic]
-        new = [NewTopic(t, num_partitions=k.partitions, replication_factor=1) for t in topics if t not in existing]
+        configs = topic_configs(settings)
+        new = [NewTopic(t, num_partitions=k.partitions, replication_factor=1, topic_configs=c)
+               for t, c in configs.items() if t not in existing]
         if new:
             try:
                 admin.create_topics(new)
             except TopicAlreadyExistsError:
                 pass
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, configs=c) for t, c in configs.items() if c])
         return [t.name for t in new]
     finally:
         admin.close()
+
+
+# A bad record of up to ~1 MB must still reach the DLQ whole (base64 grows it by a third).
+EVENTS_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+DLQ_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    k = settings.kafka
+    return {
+        k.events_topic: {"max.message.bytes": str(EVENTS_MAX_MESSAGE_BYTES)},
+        k.dlq_topic: {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},
+        k.served_topic: {},
+    }
 
 
 def cmd_topics(args) -> int:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from feedloop.events import FIELDS, Rejection, validate
+from feedloop.services import DLQ_MAX_MESSAGE_BYTES
 from feedloop.settings import Settings, get_settings
 
 APP_NAME = "feedloop-stream-events"
@@ -183,6 +184,7 @@ class HiveEventsSink:
              .option("topic", self.settings.kafka.dlq_topic)
              .option("kafka.enable.idempotence", "true")
              .option("kafka.acks", "all")
+             .option("kafka.max.request.size", str(DLQ_MAX_MESSAGE_BYTES))
              .save())
         return count
 
