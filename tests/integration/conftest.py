@@ -2,7 +2,7 @@
 
 The test stack lives apart from a demo stack: its own state under var/test and
 every port shifted by PORT_SHIFT, so `make test` works while `make demo`'s stack
-runs. It is stopped at the end of the session (unless FEEDLOOP_TEST_KEEP_STACK=1,
+runs. It is stopped at the end of the session (unless KEEP_TEST_STACK=1,
 for quick reruns while developing).
 """
 
@@ -61,7 +61,7 @@ def settings():
     get_settings.cache_clear()
     print(f"\n[integration] stack up in {time.time() - started:.0f}s", file=sys.stderr)
     yield get_settings()
-    if os.environ.get("FEEDLOOP_TEST_KEEP_STACK"):  # faster iteration: `up` reuses a running stack
+    if os.environ.get("KEEP_TEST_STACK"):  # faster iteration: `up` reuses a running stack
         return
     down(get_settings())
     left = leftovers(get_settings())
