@@ -1,8 +1,8 @@
-"""Hive maintenance, daily.
+"""Hive maintenance, daily, for the day that just ended ({{ ds }}).
 
-For now one task re-applies the idempotent Hive DDL (`feedloop ddl`), so tables and
-partitions a run expects always exist. Compaction of streaming files, retention and
-statistics join here as tasks once their `feedloop` commands exist.
+apply_ddl (idempotent) >> compact_events (one file per hour partition instead of one
+per micro-batch) >> retention (drop partitions older than 400 days) >> analyze
+(table and partition statistics for the query planner).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pendulum
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import dag
+from airflow.sdk import CronDataIntervalTimetable, dag
 
 DEFAULT_ARGS = {
     "owner": "feedloop",
@@ -23,8 +23,9 @@ DEFAULT_ARGS = {
 
 @dag(
     dag_id="feedloop_hive_maintenance",
-    description="Keep the feedloop Hive database in shape (today: re-apply DDL)",
-    schedule="@daily",
+    description="Compact streaming files, apply retention, compute statistics",
+    # ds is the day that just ended, as in the retrain DAG: its files are complete.
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -33,7 +34,12 @@ DEFAULT_ARGS = {
     doc_md=__doc__,
 )
 def feedloop_hive_maintenance():
-    BashOperator(task_id="apply_ddl", bash_command="feedloop ddl")
+    apply_ddl = BashOperator(task_id="apply_ddl", bash_command="feedloop ddl")
+    compact_events = BashOperator(task_id="compact_events", bash_command="feedloop compact --ds {{ ds }}")
+    retention = BashOperator(task_id="retention", bash_command="feedloop retention --ds {{ ds }} --keep-days 400")
+    analyze = BashOperator(task_id="analyze", bash_command="feedloop analyze --ds {{ ds }}")
+
+    apply_ddl >> compact_events >> retention >> analyze
 
 
 feedloop_hive_maintenance()

@@ -53,6 +53,11 @@ def _dag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=1200)
 
 
+def _retention(parser: argparse.ArgumentParser) -> None:
+    _ds(parser)
+    parser.add_argument("--keep-days", type=int, default=400)
+
+
 def _none(parser: argparse.ArgumentParser) -> None:
     pass
 
@@ -69,6 +74,9 @@ COMMANDS = {
     "import-movielens": ("feedloop.movielens:main", "import ML-100K users, items and ratings (as events)", _movielens),
     "stream-events": ("spark.stream_events:main", "Kafka -> validate -> Hive events (exactly once)", _stream),
     "wait-partition": ("spark.partitions:main", "exit 0 when the day's partition has rows, 1 otherwise", _wait),
+    "compact": ("spark.maintenance:compact", "compact a day's streaming files in feedloop.events", _ds),
+    "retention": ("spark.maintenance:retention", "drop partitions older than --keep-days", _retention),
+    "analyze": ("spark.maintenance:analyze", "compute Hive statistics for a day's partitions", _ds),
     "train": ("models.train:main", "train the two-tower model on a day's data and register it", _ds),
     "publish": ("models.publish:main", "publish segment and user feeds from the champion to Redis", _ds),
     "report": ("models.publish:report", "print a summary of a day's retrain", _ds),

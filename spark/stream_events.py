@@ -24,6 +24,7 @@ from pathlib import Path
 from feedloop.events import FIELDS, Rejection, validate
 from feedloop.services import DLQ_MAX_MESSAGE_BYTES
 from feedloop.settings import Settings, get_settings
+from spark.hive_files import BatchFiles
 
 APP_NAME = "feedloop-stream-events"
 TABLE = "events"
@@ -102,79 +103,31 @@ class HiveEventsSink:
         self.spark = spark
         self.settings = settings
         self.table = f"{settings.hive.database}.{TABLE}"
-        self.location = self._table_location()
+        self.files = BatchFiles(spark, self.table, ["dt", "hr"], f"{settings.warehouse.as_uri()}/_staging")
         self.progress_path = settings.var / "run" / "stream-events.json"
         self.totals = {"batches": 0, "valid": 0, "rejected": 0, "duplicates": 0}
-
-    def _table_location(self) -> str:
-        rows = self.spark.sql(f"DESCRIBE TABLE EXTENDED {self.table}").collect()
-        return next(r.data_type for r in rows if r.col_name == "Location")
-
-    def _fs(self, path: str):
-        jvm = self.spark._jvm
-        jpath = jvm.org.apache.hadoop.fs.Path(path)
-        return jpath.getFileSystem(self.spark._jsc.hadoopConfiguration()), jpath
-
-    def _partition_dir(self, dt: str, hr: int) -> str:
-        return f"{self.location}/dt={dt}/hr={hr}"
-
-    def _delete_attempt(self, batch_id: int, partitions: list[tuple[str, int]]) -> None:
-        for dt, hr in partitions:
-            fs, _ = self._fs(self.location)
-            pattern = self.spark._jvm.org.apache.hadoop.fs.Path(f"{self._partition_dir(dt, hr)}/b{batch_id:010d}-*")
-            for status in fs.globStatus(pattern) or []:
-                fs.delete(status.getPath(), False)
-
-    def _existing_ids(self, partitions: list[tuple[str, int]]):
-        from pyspark.sql import functions as F
-
-        paths = [self._partition_dir(dt, hr) for dt, hr in partitions]
-        fs, _ = self._fs(self.location)
-        present = [p for p in paths if fs.exists(self.spark._jvm.org.apache.hadoop.fs.Path(p))]
-        present = [p for p in present if fs.globStatus(self.spark._jvm.org.apache.hadoop.fs.Path(p + "/*.parquet"))]
-        if not present:
-            return None
-        return self.spark.read.parquet(*[p + "/*.parquet" for p in present]).select(F.col("event_id"))
 
     def __call__(self, batch_df, batch_id: int) -> None:
         started = time.time()
         parsed = validated(batch_df).cache()
         valid, rejected = split_valid(parsed)
         valid = valid.cache()
-        partitions = sorted((r.dt, r.hr) for r in valid.select("dt", "hr").distinct().collect())
-        self._delete_attempt(batch_id, partitions)
-        existing = self._existing_ids(partitions)
-        fresh = valid.join(existing, on="event_id", how="left_anti") if existing is not None else valid
-        n_valid = valid.count()
-        n_fresh = self._write(fresh, batch_id, partitions) if partitions else 0
-        n_rejected = self._send_to_dlq(rejected)
-        parsed.unpersist()
-        valid.unpersist()
-        self._record(batch_id, batch_df, n_fresh, n_rejected, n_valid - n_fresh, time.time() - started)
-
-    def _write(self, fresh, batch_id: int, partitions: list[tuple[str, int]]) -> int:
-        staging = f"{self.settings.warehouse.as_uri()}/_staging/{TABLE}/b{batch_id:010d}"
+        partitions = self.files.partitions_of(valid)
+        # Order matters: forget this batch's earlier attempt first, so its events are
+        # not mistaken for duplicates, then drop event_ids already in the table.
+        self.files.delete_attempt(batch_id, partitions)
+        existing = self.files.existing_files(partitions)
+        fresh = valid
+        if existing:
+            fresh = valid.join(self.spark.read.parquet(*existing).select("event_id"), on="event_id", how="left_anti")
         fresh = fresh.cache()
-        written = fresh.count()
-        if written:
-            fresh.coalesce(1).write.mode("overwrite").partitionBy("dt", "hr").parquet(staging)
-            self._move_into_place(staging, batch_id)
-            for dt, hr in partitions:
-                self.spark.sql(f"ALTER TABLE {self.table} ADD IF NOT EXISTS PARTITION (dt='{dt}', hr={hr})")
-        fresh.unpersist()
-        fs, staging_path = self._fs(staging)
-        fs.delete(staging_path, True)
-        return written
-
-    def _move_into_place(self, staging: str, batch_id: int) -> None:
-        jvm = self.spark._jvm
-        fs, _ = self._fs(staging)
-        for n, status in enumerate(fs.globStatus(jvm.org.apache.hadoop.fs.Path(f"{staging}/dt=*/hr=*/part-*.parquet")) or []):
-            src = status.getPath()
-            partition = f"{src.getParent().getParent().getName()}/{src.getParent().getName()}"
-            target_dir = jvm.org.apache.hadoop.fs.Path(f"{self.location}/{partition}")
-            fs.mkdirs(target_dir)
-            fs.rename(src, jvm.org.apache.hadoop.fs.Path(target_dir, f"b{batch_id:010d}-{n:04d}.zstd.parquet"))
+        n_valid, n_fresh = valid.count(), fresh.count()
+        if n_fresh:
+            self.files.write(fresh, batch_id, partitions)
+        n_rejected = self._send_to_dlq(rejected)
+        for df in (parsed, valid, fresh):
+            df.unpersist()
+        self._record(batch_id, n_fresh, n_rejected, n_valid - n_fresh, time.time() - started)
 
     def _send_to_dlq(self, rejected) -> int:
         count = rejected.count()
@@ -188,7 +141,7 @@ class HiveEventsSink:
              .save())
         return count
 
-    def _record(self, batch_id: int, batch_df, fresh: int, rejected: int, dups: int, seconds: float) -> None:
+    def _record(self, batch_id: int, fresh: int, rejected: int, dups: int, seconds: float) -> None:
         self.totals["batches"] += 1
         self.totals["valid"] += fresh
         self.totals["rejected"] += rejected
@@ -203,12 +156,12 @@ class HiveEventsSink:
               f"({seconds:.1f}s)", flush=True)
 
 
-def read_kafka(spark, settings: Settings):
+def read_kafka(spark, settings: Settings, topic: str | None = None):
     k = settings.kafka
     return (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", k.bootstrap)
-        .option("subscribe", k.events_topic)
+        .option("subscribe", topic or k.events_topic)
         .option("startingOffsets", "earliest")
         .option("maxOffsetsPerTrigger", MAX_OFFSETS_PER_TRIGGER)
         .option("kafka.request.timeout.ms", k.request_timeout_ms * 6)
@@ -218,15 +171,16 @@ def read_kafka(spark, settings: Settings):
 
 
 AGGREGATES_TRIGGER_S = 1
+SERVED_TRIGGER_S = 30
 
 
 def checkpoint_dir(settings: Settings, query: str = "stream-events") -> Path:
     return settings.var / "checkpoints" / query
 
 
-def _start(spark, settings: Settings, sink, name: str, checkpoint: Path, once: bool, every_s: int):
+def _start(spark, settings: Settings, sink, name: str, checkpoint: Path, once: bool, every_s: int, topic: str | None = None):
     writer = (
-        read_kafka(spark, settings).writeStream.foreachBatch(sink)
+        read_kafka(spark, settings, topic).writeStream.foreachBatch(sink)
         .option("checkpointLocation", checkpoint.as_uri())
         .queryName(name)
     )
@@ -235,8 +189,10 @@ def _start(spark, settings: Settings, sink, name: str, checkpoint: Path, once: b
 
 
 def main(args) -> int:
-    """Two queries in one Spark app: events -> Hive (exactly once) and events -> Redis aggregates."""
+    """Three queries in one Spark app (one JVM): events -> Hive (exactly once), events ->
+    Redis aggregates, and served feeds -> Hive served_feeds."""
     from feedloop.spark import get_spark
+    from spark.served_feeds import ServedFeedsSink
     from spark.stream_aggregates import RedisAggregatesSink
 
     settings = get_settings()
@@ -249,6 +205,8 @@ def main(args) -> int:
         _start(spark, settings, hive_sink, "events_to_hive", checkpoint_dir(settings), args.once,
                settings.spark.streaming_trigger_s),
         _start(spark, settings, redis_sink, "events_to_redis", redis_checkpoint, args.once, AGGREGATES_TRIGGER_S),
+        _start(spark, settings, ServedFeedsSink(spark, settings), "served_to_hive",
+               checkpoint_dir(settings, "served-feeds"), args.once, SERVED_TRIGGER_S, settings.kafka.served_topic),
     ]
     print(f"streaming {settings.kafka.events_topic} -> {hive_sink.table} and Redis aggregates "
           f"(checkpoints under {checkpoint_dir(settings).parent})", flush=True)
