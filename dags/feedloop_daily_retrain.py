@@ -1,18 +1,24 @@
-"""Daily retrain: wait for the day's events, train, publish feeds, report.
+"""Daily retrain for {{ ds }}: partition sensor >> features >> training set >> train >>
+baselines >> evaluate and gate >> publish feeds >> report.
 
-Configuration only: every task runs a `feedloop` subcommand for the run's `{{ ds }}`;
-the work and its imports (pyspark, TensorFlow) live in those commands.
+Configuration only. The Spark steps go through SparkSubmitOperator (connection
+`spark_default`, whose master feedloop sets from its settings); the others run a
+`feedloop` subcommand. The work and its imports (pyspark, TensorFlow) live there.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from pathlib import Path
+
 import pendulum
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.providers.standard.sensors.bash import BashSensor
 from airflow.sdk import CronDataIntervalTimetable, dag
 
+SPARK_JOBS = Path(__file__).resolve().parent.parent / "spark"
 DEFAULT_ARGS = {
     "owner": "feedloop",
     "retries": 2,
@@ -47,11 +53,22 @@ def feedloop_daily_retrain():
         poke_interval=30,
         timeout=timedelta(hours=1),
     )
+    features = SparkSubmitOperator(
+        task_id="features", application=str(SPARK_JOBS / "features.py"), application_args=["--ds", "{{ ds }}"],
+        conn_id="spark_default", name="feedloop-features-{{ ds }}",
+    )
+    training_set = SparkSubmitOperator(
+        task_id="training_set", application=str(SPARK_JOBS / "training_set.py"),
+        application_args=["--ds", "{{ ds }}"], conn_id="spark_default", name="feedloop-training-set-{{ ds }}",
+    )
     train = BashOperator(task_id="train", bash_command="feedloop train --ds {{ ds }}")
+    baselines = BashOperator(task_id="baselines", bash_command="feedloop baselines --ds {{ ds }}")
+    evaluate_and_gate = BashOperator(task_id="evaluate_and_gate", bash_command="feedloop gate --ds {{ ds }}")
     publish_feeds = BashOperator(task_id="publish_feeds", bash_command="feedloop publish --ds {{ ds }}")
     report = BashOperator(task_id="report", bash_command="feedloop report --ds {{ ds }}")
 
-    wait_for_events_partition >> train >> publish_feeds >> report
+    (wait_for_events_partition >> features >> training_set >> train >> baselines >> evaluate_and_gate
+     >> publish_feeds >> report)
 
 
 feedloop_daily_retrain()

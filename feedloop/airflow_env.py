@@ -125,6 +125,11 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     env["AIRFLOW_HOME"] = str(home)
     # BashOperator tasks inherit this PATH and must find the venv's `feedloop`.
     env["PATH"] = os.pathsep.join([venv_bin, *path])
+    # SparkSubmitOperator's connection: the master comes from the feedloop settings,
+    # so the same DAG submits to local[*] here and to a cluster by configuration.
+    env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({"conn_type": "spark", "host": settings.spark.master})
+    env["PYSPARK_PYTHON"] = sys.executable
+    env["PYSPARK_DRIVER_PYTHON"] = sys.executable
     return env
 
 

@@ -95,26 +95,27 @@ def window_start(ds: str, days: int = WINDOW_DAYS) -> str:
 
 # ------------------------------------------------------------------ core
 def train_and_register(
-    events: pd.DataFrame,
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
     users: pd.DataFrame,
     items: pd.DataFrame,
     ds: str,
     settings: Settings | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train on ``events`` (positives of the window), evaluate, log to MLflow, register and gate.
+    """Train on the day's training pairs, evaluate on its holdout, log to MLflow and register.
 
-    ``events``: ``user_id, item_id, event_type, ts, dwell_ms``; ``users``: the users
-    table (``user_id, gender, age, interests``); ``items``: ``item_id, category``.
+    ``train``/``holdout``: ``user_id, item_id, weight, ts`` (from training_examples);
+    ``users``: ``user_id, gender, age, interests``; ``items``: ``item_id, category``.
+    The new version is tagged ``gate=pending``; ``feedloop gate`` decides its alias.
     """
-    from models.two_tower import TowerConfig, TwoTower, popularity_metrics
+    from models.two_tower import TowerConfig, TwoTower
 
     settings = settings or get_settings()
     ms = settings.model
-    pairs = data.positive_pairs(events)
-    if pairs.empty:
-        raise NoTrainingData(f"no positive (user, item) events in the {WINDOW_DAYS} days up to {ds}")
-    train, holdout = data.time_split(pairs)
+    if train.empty:
+        raise NoTrainingData(f"no training pairs for {ds}")
+    pairs = pd.concat([train, holdout], ignore_index=True)
     user_features = data.user_features(users)
     catalogue = data.catalogue(items, pairs)
     log(f"pairs: {len(pairs):,} ({len(train):,} train, {len(holdout):,} holdout), "
@@ -125,7 +126,7 @@ def train_and_register(
     config = TowerConfig.from_settings(ms)
     with mlflow.start_run(run_name=f"two-tower {ds}") as run:
         mlflow.set_tags({"ds": ds, "rows": len(pairs), "train_rows": len(train), "holdout_rows": len(holdout),
-                         "events": len(events), "git_sha": git_sha(), "model_type": "two-tower"})
+                         "data_window": f"{window_start(ds)}..{ds}", "git_sha": git_sha(), "model_type": "two-tower"})
         mlflow.log_params({**asdict(config), "epochs": ms.epochs, "batch_size": ms.batch_size,
                            "learning_rate": ms.learning_rate, "optimizer": "adagrad", "window_days": WINDOW_DAYS,
                            "holdout_share": data.HOLDOUT_SHARE, "k": K})
@@ -135,34 +136,112 @@ def train_and_register(
         def on_epoch(epoch: int, loss: float, rate: float) -> None:
             mlflow.log_metrics({"loss": loss, "examples_per_s": rate}, step=epoch)
 
-        model.fit(train, user_features, catalogue, ms.epochs, ms.batch_size, ms.learning_rate, on_epoch, log)
+        losses = model.fit(train, user_features, catalogue, ms.epochs, ms.batch_size, ms.learning_rate, on_epoch, log)
         metrics = model.evaluate(train, holdout, user_features, catalogue, K)
-        baseline = popularity_metrics(train, holdout, catalogue, K)
-        mlflow.log_metrics({**metrics, **{f"popularity_{k}": v for k, v in baseline.items() if k != "eval_users"}})
-        log(f"holdout: {metrics}; popularity baseline: {baseline}")
-
-        champion = aliased_version(client, settings.mlflow.model_name)
-        champion_metrics, promote, reason = _gate(champion, metrics, train, holdout, user_features, catalogue, log)
-        if champion_metrics:
-            mlflow.log_metrics({f"champion_{k}": v for k, v in champion_metrics.items() if k != "eval_users"})
-
+        mlflow.log_metrics({k: v for k, v in metrics.items()})
+        _log_plots(model, train, holdout, user_features, catalogue, losses)
+        log(f"holdout: {metrics}")
         version = _log_model(model, settings, log)
-        alias = CHAMPION if promote else CHALLENGER
-        client.set_registered_model_alias(settings.mlflow.model_name, alias, version)
-        for tag, value in {"ds": ds, GATE_METRIC: f"{metrics[GATE_METRIC]:.6f}", "gate": alias,
-                           "gate_reason": reason}.items():
-            client.set_model_version_tag(settings.mlflow.model_name, version, tag, value)
-        mlflow.set_tags({"registered_version": version, "gate": alias, "gate_reason": reason})
+        client.set_model_version_tag(settings.mlflow.model_name, version, "ds", ds)
+        client.set_model_version_tag(settings.mlflow.model_name, version, "run_id", run.info.run_id)
+        client.set_model_version_tag(settings.mlflow.model_name, version, "gate", "pending")
+        mlflow.set_tags({"registered_version": version})
 
     uri = settings.mlflow_uri.rstrip("/")
     result = TrainResult(
-        version=version, run_id=run.info.run_id, metrics=metrics, alias=alias, reason=reason,
+        version=version, run_id=run.info.run_id, metrics=metrics, alias="pending", reason="awaiting the gate",
         run_url=f"{uri}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}",
         model_url=f"{uri}/#/models/{settings.mlflow.model_name}/versions/{version}",
-        champion_metrics=champion_metrics,
     )
     log(result.summary())
     return result
+
+
+def _log_plots(model, train, holdout, user_features, catalogue, losses) -> None:
+    """A recall@K curve and the training curve, as MLflow figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [1, 5, 10, 20, 50]
+    recalls = [model.evaluate(train, holdout, user_features, catalogue, k).get(f"recall{k}", 0.0) for k in ks]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(ks, recalls, marker="o")
+    ax.set(xlabel="K", ylabel="recall@K", title="Holdout recall@K")
+    mlflow.log_figure(fig, "plots/recall_at_k.png")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(range(1, len(losses or []) + 1), losses or [], marker="o")
+    ax.set(xlabel="epoch", ylabel="loss", title="Training loss")
+    mlflow.log_figure(fig, "plots/training_curve.png")
+    plt.close(fig)
+
+
+def pending_version(client: MlflowClient, name: str, ds: str):
+    """The newest version registered for ds that the gate has not decided yet."""
+    versions = [v for v in client.search_model_versions(f"name='{name}'")
+                if v.tags.get("ds") == ds and v.tags.get("gate") == "pending"]
+    return max(versions, key=lambda v: int(v.version), default=None)
+
+
+def gate(train, holdout, users, items, ds: str, settings: Settings | None = None, log=print) -> TrainResult:
+    """Evaluate the day's new version and the champion on the same holdout; move the aliases."""
+    from models.two_tower import load_registered
+
+    settings = settings or get_settings()
+    client = configure_mlflow(settings)
+    name = settings.mlflow.model_name
+    candidate = pending_version(client, name, ds)
+    if candidate is None:
+        raise NoTrainingData(f"no version of {name} registered for {ds} is waiting for the gate: run `feedloop train --ds {ds}`")
+    pairs = pd.concat([train, holdout], ignore_index=True)
+    user_features, catalogue = data.user_features(users), data.catalogue(items, pairs)
+    model = load_registered(name, candidate.version)
+    metrics = model.evaluate(train, holdout, user_features, catalogue, K)
+    champion = aliased_version(client, name)
+    champion_metrics, promote, reason = _gate(champion, metrics, train, holdout, user_features, catalogue, log)
+    alias = CHAMPION if promote else CHALLENGER
+    client.set_registered_model_alias(name, alias, candidate.version)
+    for tag, value in {GATE_METRIC: f"{metrics[GATE_METRIC]:.6f}", "gate": alias, "gate_reason": reason}.items():
+        client.set_model_version_tag(name, candidate.version, tag, value)
+    run_id = candidate.tags.get("run_id") or candidate.run_id
+    with mlflow.start_run(run_id=run_id):
+        mlflow.set_tags({"gate": alias, "gate_reason": reason})
+        if champion_metrics:
+            mlflow.log_metrics({f"champion_{k}": v for k, v in champion_metrics.items() if k != "eval_users"})
+    rows = [(candidate.version, run_id, metrics, promote)]
+    if champion is not None and champion_metrics:
+        rows.append((champion.version, champion.run_id, champion_metrics, not promote))
+    write_model_metrics(settings, ds, name, rows)
+    uri = settings.mlflow_uri.rstrip("/")
+    result = TrainResult(version=candidate.version, run_id=run_id, metrics=metrics, alias=alias, reason=reason,
+                         run_url=f"{uri}/#/models/{name}/versions/{candidate.version}",
+                         model_url=f"{uri}/#/models/{name}/versions/{candidate.version}",
+                         champion_metrics=champion_metrics)
+    log(result.summary())
+    return result
+
+
+def write_model_metrics(settings: Settings, ds: str, name: str, rows) -> None:
+    """INSERT OVERWRITE the dt=ds partition of model_metrics: one row per version and metric."""
+    import time
+
+    from feedloop.services import hive_connection
+
+    now = int(time.time() * 1000)
+    values = [
+        f"('{name}', '{version}', '{run_id}', '{metric}', {float(value)}, {str(bool(is_champion)).upper()}, {now})"
+        for version, run_id, metrics, is_champion in rows
+        for metric, value in sorted(metrics.items())
+    ]
+    if not values:
+        return
+    conn = hive_connection(settings, settings.hive.database)
+    try:
+        conn.cursor().execute(f"INSERT OVERWRITE TABLE model_metrics PARTITION (dt='{ds}') VALUES {', '.join(values)}")
+    finally:
+        conn.close()
 
 
 def _gate(champion, metrics, train, holdout, user_features, catalogue, log) -> tuple[dict, bool, str]:
@@ -218,36 +297,43 @@ def _log_model(model, settings: Settings, log) -> str:
 
 
 # ------------------------------------------------------------------ Spark layer
-def read_training_inputs(spark, ds: str, database: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(positive events of the window, users, items) from Hive, as pandas."""
+def read_training_set(spark, ds: str, database: str):
+    """(train pairs, holdout pairs, users, items) from Hive, as pandas."""
     from pyspark.sql import functions as F
 
-    start = window_start(ds)
-    events = spark.table(f"{database}.events").where(F.col("dt").between(start, ds))
-    if events.where(F.col("dt") == ds).limit(1).count() == 0:
-        raise NoTrainingData(f"{database}.events has no rows in partition dt={ds}: nothing to train on")
-    positives = (
-        events
-        .where(F.col("event_type").isin(*data.POSITIVE_TYPES) & F.col("item_id").isNotNull())
-        .select("user_id", "item_id", "event_type", "ts", "dwell_ms")
-    )
-    users = spark.table(f"{database}.users").select("user_id", "gender", "age", "interests")
-    items = spark.table(f"{database}.items").select("item_id", "category")
-    return positives.toPandas(), users.toPandas(), items.toPandas()
+    examples = spark.table(f"{database}.training_examples").where(F.col("dt") == ds)
+    pdf = examples.select("user_id", "item_id", "weight", "ts", "split").toPandas()
+    if pdf.empty:
+        raise NoTrainingData(f"{database}.training_examples has no rows for dt={ds}: run the training_set step first")
+    pdf = pdf.sort_values(["ts", "user_id", "item_id"], kind="stable").reset_index(drop=True)
+    train = pdf[pdf["split"] == "train"].drop(columns="split").reset_index(drop=True)
+    holdout = pdf[pdf["split"] == "holdout"].drop(columns="split").reset_index(drop=True)
+    users = spark.table(f"{database}.users").select("user_id", "gender", "age", "interests").toPandas()
+    items = spark.table(f"{database}.items").select("item_id", "category").toPandas()
+    return train, holdout, users, items
+
+
+def _inputs(ds: str, app: str):
+    from feedloop.spark import get_spark
+
+    settings = get_settings()
+    window_start(ds)  # fail on a bad date before starting Spark
+    spark = get_spark(app, settings=settings)
+    try:
+        return settings, read_training_set(spark, ds, settings.hive.database)
+    finally:
+        spark.stop()  # free the JVM's memory before TensorFlow takes its share
 
 
 def main(args) -> int:
     """``feedloop train --ds YYYY-MM-DD``."""
-    from feedloop.spark import get_spark
+    settings, (train, holdout, users, items) = _inputs(args.ds, "feedloop-train")
+    train_and_register(train, holdout, users, items, args.ds, settings)
+    return 0
 
-    settings = get_settings()
-    window_start(args.ds)  # fail on a bad date before starting Spark
-    spark = get_spark("feedloop-train", settings=settings)
-    try:
-        print(f"reading {settings.hive.database}.events dt {window_start(args.ds)}..{args.ds}, users, items")
-        events, users, items = read_training_inputs(spark, args.ds, settings.hive.database)
-    finally:
-        spark.stop()  # free the JVM's memory before TensorFlow takes its share
-    print(f"read {len(events):,} positive events, {len(users):,} users, {len(items):,} items")
-    train_and_register(events, users, items, args.ds, settings)
+
+def gate_main(args) -> int:
+    """``feedloop gate --ds``: champion only if the new version beats it on the same holdout."""
+    settings, (train, holdout, users, items) = _inputs(args.ds, "feedloop-gate")
+    gate(train, holdout, users, items, args.ds, settings)
     return 0

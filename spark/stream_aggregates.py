@@ -26,8 +26,7 @@ import redis
 
 from feature_store import online
 from feature_store.definitions import (
-    DWELL_MAX_BONUS, DWELL_MIN_MS, DWELL_UNIT_MS, EVENT_WEIGHTS, RECENT_MAX_ITEMS, RECENT_TTL_S, SEEN_TYPES,
-    SLIDE_MS, SLIDING_MS, TUMBLING_MS, USER_STATS_TTL_S,
+    RECENT_MAX_ITEMS, RECENT_TTL_S, SEEN_TYPES, SLIDE_MS, SLIDING_MS, TUMBLING_MS, USER_STATS_TTL_S,
 )
 from feedloop.settings import Settings
 
@@ -37,14 +36,10 @@ TRENDING_10M_TTL_S = SLIDING_MS // 1000 + 60
 
 
 def weight_column():
-    """The event weight as a Spark expression (same rule as models.data.event_weights)."""
-    from pyspark.sql import functions as F
+    """The event weight as a Spark expression (defined once, in spark.features)."""
+    from spark.features import weight_column as shared
 
-    dwell = F.lit(1.0) + F.least(F.col("dwell_ms") / F.lit(float(DWELL_UNIT_MS)), F.lit(DWELL_MAX_BONUS))
-    expr = F.when((F.col("event_type") == "dwell") & (F.col("dwell_ms") >= DWELL_MIN_MS), dwell)
-    for event_type, weight in EVENT_WEIGHTS.items():
-        expr = expr.when(F.col("event_type") == event_type, F.lit(weight))
-    return expr
+    return shared()
 
 
 @dataclass

@@ -19,7 +19,8 @@ from feedloop.settings import REPO_ROOT
 
 DAGS_DIR = REPO_ROOT / "dags"
 EXPECTED_DAGS = {"feedloop_daily_retrain", "feedloop_hive_maintenance"}
-RETRAIN_ORDER = ["wait_for_events_partition", "train", "publish_feeds", "report"]
+RETRAIN_ORDER = ["wait_for_events_partition", "features", "training_set", "train", "baselines", "evaluate_and_gate",
+                 "publish_feeds", "report"]
 HEAVY_MODULES = ("tensorflow", "pyspark", "mlflow", "keras")
 
 PARSE_SCRIPT = r"""
@@ -37,7 +38,9 @@ for dag_id, dag in bag.dags.items():
         "tasks": {
             t.task_id: {"retries": t.retries, "downstream": sorted(t.downstream_task_ids),
                         "upstream": sorted(t.upstream_task_ids), "operator": type(t).__name__,
-                        "bash_command": getattr(t, "bash_command", None)}
+                        "bash_command": getattr(t, "bash_command", None),
+                        "application": getattr(t, "application", None),
+                        "application_args": getattr(t, "application_args", None)}
             for t in dag.tasks
         },
     }
@@ -117,6 +120,10 @@ def test_daily_retrain_task_order(parsed):
 
 def test_retrain_tasks_pass_ds(parsed):
     for task_id, task in parsed["dags"]["feedloop_daily_retrain"]["tasks"].items():
+        if task["operator"] == "SparkSubmitOperator":
+            assert task["application"].endswith(f"spark/{task_id}.py"), task_id
+            assert task["application_args"] == ["--ds", "{{ ds }}"], task_id
+            continue
         assert task["bash_command"].startswith("feedloop "), task_id
         assert "--ds {{ ds }}" in task["bash_command"], task_id
 
