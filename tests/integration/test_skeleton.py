@@ -84,3 +84,55 @@ def test_feed_api_serves_a_feed_naming_the_champion(settings, dag_run):
     assert body["items"], body
     assert body["model_version"] == champion.version
     assert body["source"] in ("user", "segment")
+
+
+def _feedloop(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "feedloop.cli", *args], capture_output=True, text=True,
+                         timeout=900, env={**os.environ, **(env or {})})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
+def _table_rows(settings, table: str) -> list:
+    from feedloop.services import hive_connection
+
+    cursor = hive_connection(settings, "feedloop").cursor()
+    cursor.execute(f"SELECT * FROM {table} WHERE dt = '{DS}'")
+    return sorted(map(repr, cursor.fetchall()))
+
+
+def test_rerunning_a_day_leaves_identical_tables(settings, dag_run):
+    tables = ("user_features", "item_features", "training_examples")
+    before = {t: _table_rows(settings, t) for t in tables}
+    assert all(before.values()), {t: len(v) for t, v in before.items()}
+    _feedloop("features", "--ds", DS)
+    _feedloop("training-set", "--ds", DS)
+    assert {t: _table_rows(settings, t) for t in tables} == before
+
+
+def test_a_broken_training_run_does_not_become_champion(settings, dag_run):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    champion = client.get_model_version_by_alias(settings.mlflow.model_name, "champion")
+    # learning rate 0: the towers keep their random initial weights
+    _feedloop("train", "--ds", DS, env={"FEEDLOOP_MODEL__LEARNING_RATE": "0", "FEEDLOOP_MODEL__EPOCHS": "1"})
+    gate = _feedloop("gate", "--ds", DS)
+    assert "challenger" in gate.stdout, gate.stdout[-2000:]
+    assert client.get_model_version_by_alias(settings.mlflow.model_name, "champion").version == champion.version
+    broken = client.get_model_version_by_alias(settings.mlflow.model_name, "challenger")
+    assert int(broken.version) > int(champion.version)
+    assert broken.tags["gate_reason"].startswith("ndcg10")
+
+
+def test_mlflow_compares_three_models_for_the_day(settings, dag_run):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    experiment = client.get_experiment_by_name(settings.mlflow.experiment)
+    runs = client.search_runs([experiment.experiment_id], f"tags.ds = '{DS}'")
+    assert {"two-tower", "popularity", "als"} <= {r.data.tags.get("model_type") for r in runs}
+    assert all("ndcg10" in r.data.metrics for r in runs if r.data.tags.get("model_type") in ("popularity", "als"))
