@@ -163,6 +163,9 @@ class ModelSettings(_Section):
     learning_rate: float = 0.05
     temperature: float = 0.05
     feed_size: int = 50
+    aging_keep_share: float = 0.2  # share of the previous feed's unseen items a refresh keeps
+    exploration_slots: int = 2  # slots reserved for new items in every feed
+    new_item_days: int = 7  # items created this recently are exploration candidates
 
 
 class Settings(_Section):

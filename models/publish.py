@@ -115,6 +115,34 @@ def build_feeds(
     return feeds
 
 
+def new_items(items: pd.DataFrame, days: int, now_ms: int | None = None) -> list[str]:
+    """Item ids created in the last ``days``, newest first (exploration candidates)."""
+    if "created_at" not in items or items.empty:
+        return []
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    created = pd.to_numeric(items["created_at"], errors="coerce")
+    fresh = items[created >= now_ms - days * 86_400_000]
+    return fresh.sort_values("created_at", ascending=False)["item_id"].astype(str).tolist()
+
+
+def age_and_explore(client: redis.Redis, feeds: dict, items: pd.DataFrame, recent: pd.DataFrame,
+                    settings: Settings) -> dict:
+    """Apply feature_store.feeds.refresh_feed against the feeds now in Redis."""
+    from feature_store.feeds import refresh_feed
+
+    ms = settings.model
+    refs = list(feeds)
+    previous = online.read_feeds(client, refs)
+    candidates = new_items(items, ms.new_item_days)
+    positives = recent[recent["event_type"].isin(data.POSITIVE_TYPES)]
+    seen = positives.groupby("user_id")["item_id"].agg(set).to_dict() if not positives.empty else {}
+    return {
+        ref: refresh_feed(feed, prev, seen.get(ref[1], ()) if ref[0] == "user" else (), candidates,
+                          ms.aging_keep_share, ms.exploration_slots, ms.feed_size)
+        for (ref, feed), prev in zip(feeds.items(), previous)
+    }
+
+
 def write_profiles(client: redis.Redis, user_features: pd.DataFrame, chunk: int = 1000) -> int:
     """Write each user's profile hash (``segment, gender, age, interests``); returns how many."""
     rows = user_features.to_dict("records")
@@ -152,6 +180,7 @@ def publish_feeds_from_model(
     profiles = write_profiles(client, user_features)
     log(f"wrote {profiles:,} user profiles")
     feeds = build_feeds(model, model_version, user_features, catalogue, recent, settings.model.feed_size, log)
+    feeds = age_and_explore(client, feeds, items, recent, settings)
     publication = online.publish_feeds(client, feeds, ttl_s=settings.redis.feed_ttl_s)
     kinds = pd.Series([kind for kind, _ in feeds]).value_counts()
     result = PublishResult(publication, model_version, int(kinds.get("seg", 0)), int(kinds.get("user", 0)), profiles)
@@ -193,7 +222,7 @@ def read_publish_inputs(spark, ds: str, database: str) -> tuple[pd.DataFrame, pd
 
     start = (date.fromisoformat(ds) - timedelta(days=ACTIVE_DAYS - 1)).isoformat()
     users = spark.table(f"{database}.users").select("user_id", "gender", "age", "interests")
-    items = spark.table(f"{database}.items").select("item_id", "category")
+    items = spark.table(f"{database}.items").select("item_id", "category", "created_at")
     recent = (
         spark.table(f"{database}.events")
         .where(F.col("dt").between(start, ds) & F.col("user_id").isNotNull())
