@@ -31,6 +31,9 @@ def _simulate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--ds", default=None, help="put event times on this day (default: now)")
     parser.add_argument("--no-catalog", action="store_true", help="do not (re)write the users/items tables")
+    from feedloop.simulator import add_arguments
+
+    add_arguments(parser)
 
 
 def _movielens(parser: argparse.ArgumentParser) -> None:

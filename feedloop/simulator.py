@@ -42,7 +42,9 @@ from typing import Any
 from feedloop.events import new_event
 from feedloop.settings import Settings, get_settings
 
-CATEGORIES = ("comedy", "drama", "action", "sci-fi", "romance", "horror", "documentary", "animation", "thriller", "music")
+CATEGORIES = (
+    "comedy", "drama", "action", "sci-fi", "romance", "horror", "documentary", "animation", "thriller", "music",
+)
 KEYWORDS = ("new", "classic", "award", "family", "dark", "light", "epic", "indie", "remake", "series")
 EVENT_MIX = (("view", 0.5), ("cart", 0.2), ("purchase", 0.1), ("like", 0.1), ("search", 0.1))
 MIX_KINDS, MIX_WEIGHTS = [k for k, _ in EVENT_MIX], [w for _, w in EVENT_MIX]
@@ -200,8 +202,8 @@ class Simulator:
             self._schedule_from = self.day_start
             self._extend_schedule(self.day_start + DAY_MS - 1)
             # cumulative rate over the day in DAY_BIN_MS bins, to draw event times from
-            self._day_cdf = list(itertools.accumulate(
-                self.rate_factor(self.day_start + b * DAY_BIN_MS + DAY_BIN_MS // 2) for b in range(DAY_MS // DAY_BIN_MS)))
+            bins = range(self.day_start + DAY_BIN_MS // 2, self.day_start + DAY_MS, DAY_BIN_MS)
+            self._day_cdf = list(itertools.accumulate(self.rate_factor(ts) for ts in bins))
         else:
             self._schedule_from = now_ms if now_ms is not None else int(time.time() * 1000)
 
@@ -286,8 +288,9 @@ class Simulator:
             weights = [self._share_of(u, category) for u in self.users]
             self._promo_users = (promo, list(itertools.accumulate(weights)))
         user = self.rng.choices(self.users, cum_weights=self._promo_users[1])[0]
-        item = self.item_by_id[promo.target] if promo.kind == "item" else self.rng.choice(self.by_category[promo.target])
-        return user, item
+        if promo.kind == "item":
+            return user, self.item_by_id[promo.target]
+        return user, self.rng.choice(self.by_category[promo.target])
 
     def _dwell_ms(self, user: User, category: str | None) -> int:
         weight = user.preference.get(category, OTHER_WEIGHT) if category else OTHER_WEIGHT
@@ -331,7 +334,8 @@ class Simulator:
         """
         ts = ts if ts is not None else int(time.time() * 1000)  # feeds are served now, whatever --ds says
         session = f"s-{user.user_id}-{ts // SESSION_MS}"
-        attribution = {"feed_id": page.get("feed_id"), "model_version": page.get("model_version"), "session_id": session}
+        attribution = {"feed_id": page.get("feed_id"), "model_version": page.get("model_version"),
+                       "session_id": session}
         attribution = {k: v for k, v in attribution.items() if v is not None}
         out = []
         for index, entry in enumerate(page.get("items") or []):
@@ -354,7 +358,8 @@ class Simulator:
         if not positions:
             return 0.0
         by_category = {c: len(pool) / len(self.items) for c, pool in self.by_category.items()}
-        return sum(click_probability(user, c, p) * share for p in positions for c, share in by_category.items()) / len(positions)
+        expected = sum(click_probability(user, c, p) * share for p in positions for c, share in by_category.items())
+        return expected / len(positions)
 
 
 # -- feed visits through the API ---------------------------------------------
@@ -448,7 +453,8 @@ def overwrite_table(cursor, table: str, columns: str, rows: list[tuple]) -> None
         cursor.execute(f"DROP TABLE IF EXISTS {staging}")
 
 
-def write_catalog(settings: Settings, users: list[User], items: list[Item], created_at: dict[str, int] | None = None) -> None:
+def write_catalog(settings: Settings, users: list[User], items: list[Item],
+                  created_at: dict[str, int] | None = None) -> None:
     """INSERT OVERWRITE the users and items tables through HiveServer2.
 
     ``created_at`` maps user ids to their creation time (default: now for all).
@@ -501,7 +507,7 @@ class EventProducer:
                 acks="all",
                 linger_ms=20,
                 batch_size=512 * 1024,
-                buffer_memory=128 * 1024 * 1024,
+                metrics_enabled=False,  # its per-record sensors cost more CPU than the send itself
                 max_block_ms=k.request_timeout_ms,
                 request_timeout_ms=k.request_timeout_ms * 6,
             )
@@ -583,7 +589,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--promo-duration", type=float, default=PROMO_DURATION_S, help="seconds a promotion lasts")
     parser.add_argument("--api", default=None, metavar="URL",
                         help="feed API base URL: users visit their feeds, click by preference; CTR printed")
-    parser.add_argument("--feed-share", type=float, default=FEED_SHARE, help="share of actions that are feed visits (--api)")
+    parser.add_argument("--feed-share", type=float, default=FEED_SHARE,
+                        help="share of actions that are feed visits (--api)")
     parser.add_argument("--feed-limit", type=int, default=FEED_LIMIT, help="items per feed page (--api)")
     parser.add_argument("--producer", choices=PRODUCERS, default="kafka-python", help="Kafka client library")
 

@@ -179,6 +179,11 @@ def publish_feeds_from_model(
         raise ValueError("the item catalogue is empty: nothing to recommend")
     profiles = write_profiles(client, user_features)
     log(f"wrote {profiles:,} user profiles")
+    if "title" in items:
+        from feature_store.catalogue import write_catalogue
+
+        write_catalogue(client, items.to_dict("records"))
+        log(f"wrote the catalogue of {len(items):,} items (GET /v1/items)")
     feeds = build_feeds(model, model_version, user_features, catalogue, recent, settings.model.feed_size, log)
     feeds = age_and_explore(client, feeds, items, recent, settings)
     publication = online.publish_feeds(client, feeds, ttl_s=settings.redis.feed_ttl_s)
@@ -222,7 +227,7 @@ def read_publish_inputs(spark, ds: str, database: str) -> tuple[pd.DataFrame, pd
 
     start = (date.fromisoformat(ds) - timedelta(days=ACTIVE_DAYS - 1)).isoformat()
     users = spark.table(f"{database}.users").select("user_id", "gender", "age", "interests")
-    items = spark.table(f"{database}.items").select("item_id", "category", "created_at")
+    items = spark.table(f"{database}.items").select("item_id", "title", "category", "keywords", "price", "created_at")
     recent = (
         spark.table(f"{database}.events")
         .where(F.col("dt").between(start, ds) & F.col("user_id").isNotNull())

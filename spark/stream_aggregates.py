@@ -147,8 +147,10 @@ class RedisAggregatesSink:
     def __call__(self, batch_df, batch_id: int) -> None:
         from spark.stream_events import split_valid, validated
 
-        valid_events, _ = split_valid(validated(batch_df))
+        # cached: aggregate() runs several actions, each would re-read Kafka and re-validate
+        valid_events = split_valid(validated(batch_df))[0].cache()
         agg = aggregate(valid_events)
+        valid_events.unpersist()
         if not agg.events:
             return
         while True:

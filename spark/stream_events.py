@@ -29,7 +29,6 @@ from spark.hive_files import BatchFiles
 APP_NAME = "feedloop-stream-events"
 TABLE = "events"
 MAX_OFFSETS_PER_TRIGGER = 100_000
-UI_PORT_OFFSET = 2
 
 EVENT_SCHEMA_DDL = (
     "event_id string, event_type string, user_id string, item_id string, ts bigint, dwell_ms bigint, "

@@ -1,13 +1,14 @@
-"""The feed API against the real Redis (and Kafka for events): no mocks.
+"""The feed API against the real Redis (and Kafka for events and served feeds): no mocks.
 
 Feeds are published with :func:`feature_store.online.publish_feeds`, as the batch and
 streaming jobs do, then read through the app. Every test uses its own uuid-named
 users, segments and items; the few shared keys (trending, popular, the catch-all
-segment feed) are restored afterwards.
+segment feed, the current catalogue) are restored afterwards.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 import warnings
@@ -15,6 +16,7 @@ import warnings
 import orjson
 import pytest
 
+from feature_store import catalogue as catalogue_store
 from feature_store import online
 from feedloop.events import new_event
 from serving.app import create_app
@@ -272,3 +274,155 @@ def test_events_reach_kafka_keyed_by_user(api, settings, uid):
         assert {value["event_type"] for _, value in got.values()} == {"click", "search"}
     finally:
         consumer.close()
+
+
+# -- served-feed log -------------------------------------------------------------------
+
+
+def test_served_feeds_reach_kafka(api, settings, redis_client, uid):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from kafka import KafkaConsumer, TopicPartition
+
+    topic = settings.kafka.served_topic
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False,
+                             consumer_timeout_ms=1000)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        assert partitions, f"topic {topic} does not exist"
+        consumer.assign(partitions)
+        consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            consumer.position(tp)
+
+        user, segment = f"u-{uid}", f"S|{uid}|x"
+        pub = _publish(redis_client, {("user", user): online.Feed(items=["a", "b", "c"], model_version="v3"),
+                                      ("seg", segment): online.Feed(items=["s1", "s2"], model_version="v4")})
+        before = int(time.time() * 1000)
+        assert api.get(f"/v1/feeds/users/{user}", params={"limit": 2}).status_code == 200
+        assert api.get(f"/v1/feeds/segments/{segment}").status_code == 200
+
+        wanted = {f"user:{user}@{pub}", f"seg:{segment}@{pub}"}
+        got = {}
+        deadline = time.monotonic() + 30
+        while wanted - got.keys() and time.monotonic() < deadline:
+            for record in consumer:
+                value = orjson.loads(record.value)
+                if value.get("feed_id") in wanted:
+                    got[value["feed_id"]] = (record.key, value)
+        assert got.keys() == wanted
+        key, served = got[f"user:{user}@{pub}"]
+        assert key == user.encode()
+        assert served["served_at"] >= before
+        assert {k: v for k, v in served.items() if k != "served_at"} == {
+            "feed_id": f"user:{user}@{pub}", "user_id": user, "segment": None, "source": "user",
+            "model_version": "v3", "items": ["a", "b"]}
+        _, served = got[f"seg:{segment}@{pub}"]
+        assert (served["user_id"], served["segment"], served["source"], served["items"]) == (
+            None, segment, "segment", ["s1", "s2"])
+    finally:
+        consumer.close()
+
+
+# -- catalogue search --------------------------------------------------------------------
+
+
+@pytest.fixture
+def catalogue(redis_client, uid):
+    """A small catalogue made current for one test; the previous one is put back afterwards."""
+    pointer = catalogue_store.pointer_key()
+    previous = redis_client.get(pointer)
+    rows = [
+        {"item_id": f"b-{uid}-{n:02d}", "title": f"Red Boots {n}", "category": "Shoes", "price": 10.0 + n,
+         "keywords": ["leather", "winter"], "created_at": 1767225600000 + n}
+        for n in range(10)
+    ] + [
+        {"item_id": f"s-{uid}-{n:02d}", "title": f"Blue Sandals {n}", "category": "shoes", "price": 5.0 * n,
+         "keywords": ["summer"], "created_at": 1767225600000} for n in range(6)
+    ] + [
+        {"item_id": f"h-{uid}-{n:02d}", "title": f"Wool hat {n}", "category": "hats", "price": None,
+         "keywords": ["winter", "red"], "created_at": None} for n in range(3)
+    ]
+    version = catalogue_store.write_catalogue(redis_client, rows)
+    yield version, rows
+    current = redis_client.get(pointer)
+    if current == version:
+        if previous is None:
+            redis_client.delete(pointer)
+        else:
+            redis_client.set(pointer, previous)
+    catalogue_store._expire_version(redis_client, version, 0)
+
+
+def _ids(body):
+    return [row["item_id"] for row in body["items"]]
+
+
+def test_items_by_category_are_cheapest_first(api, catalogue):
+    version, rows = catalogue
+    body = api.get("/v1/items", params={"category": "SHOES", "limit": 100}).json()
+    shoes = sorted((r for r in rows if r["category"].lower() == "shoes"), key=lambda r: (r["price"], r["item_id"]))
+    assert _ids(body) == [r["item_id"] for r in shoes]
+    assert body["catalogue_version"] == version and body["next_cursor"] is None
+    first = body["items"][0]
+    assert first == {"item_id": shoes[0]["item_id"], "title": "Blue Sandals 0", "category": "shoes", "price": 0.0,
+                     "keywords": ["summer"], "created_at": 1767225600000}
+
+
+def test_items_by_price_range_and_text(api, catalogue, uid):
+    body = api.get("/v1/items", params={"min_price": 12, "max_price": 15, "limit": 100}).json()
+    assert _ids(body) == [f"b-{uid}-02", f"b-{uid}-03", f"b-{uid}-04", f"b-{uid}-05", f"s-{uid}-03"]  # ties by id
+    body = api.get("/v1/items", params={"q": "RED winter", "limit": 100}).json()
+    # boots by title and keyword; hats by keywords only (no price: last)
+    assert _ids(body) == [f"b-{uid}-{n:02d}" for n in range(10)] + [f"h-{uid}-{n:02d}" for n in range(3)]
+    body = api.get("/v1/items", params={"q": "red", "max_price": 11}).json()
+    assert _ids(body) == [f"b-{uid}-00", f"b-{uid}-01"]
+    assert api.get("/v1/items", params={"q": "nothing-like-this"}).json()["items"] == []
+
+
+def test_item_pages_walk_the_catalogue_then_reset_on_a_new_one(api, redis_client, catalogue, uid):
+    version, rows = catalogue
+    seen, cursor = [], None
+    while True:
+        body = api.get("/v1/items", params={"q": "boots", "limit": 4} | ({"cursor": cursor} if cursor else {})).json()
+        assert body["cursor_reset"] is False
+        seen += _ids(body)
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"b-{uid}-{n:02d}" for n in range(10)]
+
+    page1 = api.get("/v1/items", params={"category": "shoes", "limit": 3}).json()
+    newer = catalogue_store.write_catalogue(redis_client, rows[:2], version=str(int(version) + 1))
+    try:
+        page2 = api.get("/v1/items", params={"category": "shoes", "limit": 3, "cursor": page1["next_cursor"]}).json()
+        assert page2["cursor_reset"] is True and page2["catalogue_version"] == newer
+        assert _ids(page2) == [f"b-{uid}-00", f"b-{uid}-01"]
+    finally:
+        redis_client.set(catalogue_store.pointer_key(), version)
+        catalogue_store._expire_version(redis_client, newer, 0)
+
+
+def test_text_search_reads_a_bounded_number_of_candidates(settings, catalogue, uid):
+    from serving.items import search
+    from serving.resp import AsyncRedis
+    from serving.store import FeedStore
+
+    async def run():
+        store = FeedStore(AsyncRedis.from_settings(settings))
+        try:
+            page = await search(store, text="hat", limit=10, max_scan=5)
+            rest = await search(store, text="hat", limit=10, offset=page.next_offset, max_scan=100)
+        finally:
+            await store.close()
+        return page, rest
+
+    page, rest = asyncio.run(run())
+    assert page.scanned == 5 and page.items == [] and page.next_offset == 5
+    assert [i["item_id"] for i in rest.items] == [f"h-{uid}-{n:02d}" for n in range(3)] and rest.next_offset is None
+
+
+def test_an_older_catalogue_never_replaces_a_newer_one(redis_client, catalogue):
+    version, _ = catalogue
+    assert catalogue_store.write_catalogue(redis_client, [{"item_id": "old"}], version=str(int(version) - 1)) == version
+    assert redis_client.get(catalogue_store.pointer_key()) == version

@@ -1,4 +1,4 @@
-"""The feed API's input checks, cursors and failure answers, with no service running.
+"""The feed API's input checks, cursors, Redis wire client and failure answers, with no service running.
 
 Redis and Kafka point at closed ports: every request here is answered before either
 is needed, or must fail fast with a 503 when it is.
@@ -6,6 +6,7 @@ is needed, or must fail fast with a 503 when it is.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -13,9 +14,12 @@ import uuid
 import warnings
 
 import pytest
+import redis
 
 from feedloop.settings import REPO_ROOT, Settings
+from serving import resp
 from serving.app import MAX_OFFSET, create_app, decode_cursor, encode_cursor, take_page
+from serving.store import FeedStore, RedisUnavailable
 
 with warnings.catch_warnings():
     # starlette's TestClient asks for httpx2, which is not a dependency; httpx works.
@@ -99,12 +103,32 @@ def test_take_page_ends_exactly_at_last_item():
         ("/v1/trending?window=5m", "window"),
         ("/v1/popular?limit=-3", "limit"),
         ("/v1/users/" + "u" * 129 + "/stats", "user_id"),
+        ("/v1/feeds/users/u1?limit=1.5", "limit"),
+        ("/v1/feeds/users/u1?limit=%C2%B2", "limit"),
+        ("/v1/feeds/users/u1?cursor=" + "x" * 513, "cursor"),
+        ("/v1/feeds/segments/F%7C25-34%7Ccomedy?cursor=***", "cursor"),
+        ("/v1/items?limit=101", "limit"),
+        ("/v1/items?min_price=-1", "min_price"),
+        ("/v1/items?max_price=nan", "max_price"),
+        ("/v1/items?min_price=5&max_price=2", "max_price"),
+        ("/v1/items?q=", "q"),
+        ("/v1/items?cursor=" + encode_cursor("user:u1@1", 3), "cursor"),
     ],
 )
 def test_bad_query_names_the_field(client, path, field):
     response = client.get(path)
     assert response.status_code == 422, response.text
     assert response.json()["field"] == field
+
+
+def test_feed_query_errors_list_every_bad_field(client):
+    response = client.get("/v1/feeds/users/" + "u" * 129 + "?limit=0&cursor=nope")
+    assert response.status_code == 422
+    body = response.json()
+    assert body["field"] == "user_id" and body["error"] == "invalid request"
+    assert [(e["field"], e["location"]) for e in body["errors"]] == [("user_id", "path"), ("limit", "query"),
+                                                                    ("cursor", "query")]
+    assert body["errors"][1]["message"] == "Input should be greater than or equal to 1"
 
 
 def test_events_need_the_api_key(client):
@@ -161,9 +185,11 @@ def test_kafka_unreachable_answers_503_quickly(client):
     assert time.monotonic() - started < 3
 
 
-def test_redis_unreachable_answers_503_quickly(client):
+@pytest.mark.parametrize("path", ["/v1/feeds/users/u1", "/v1/feeds/segments/any%7Cany%7Cany", "/v1/trending",
+                                  "/v1/popular", "/v1/users/u1/stats", "/v1/items?q=epic"])
+def test_redis_unreachable_answers_503_quickly(client, path):
     started = time.monotonic()
-    response = client.get("/v1/feeds/users/u1")
+    response = client.get(path)
     assert response.status_code == 503
     assert response.json()["error"] == "redis unavailable"
     assert response.headers["Retry-After"]
@@ -190,8 +216,13 @@ def test_metrics_are_prometheus_text(client):
 def test_openapi_documents_every_endpoint(client):
     spec = client.get("/openapi.json").json()
     for path in ("/v1/feeds/users/{user_id}", "/v1/feeds/segments/{segment}", "/v1/trending", "/v1/popular",
-                 "/v1/users/{user_id}/stats", "/v1/events", "/healthz", "/readyz", "/metrics"):
+                 "/v1/users/{user_id}/stats", "/v1/items", "/v1/events", "/healthz", "/readyz", "/metrics"):
         assert path in spec["paths"], path
+    # the feed endpoints read their query by hand: their parameters are documented all the same
+    for path, ident in (("/v1/feeds/users/{user_id}", "user_id"), ("/v1/feeds/segments/{segment}", "segment")):
+        params = {p["name"]: p for p in spec["paths"][path]["get"]["parameters"]}
+        assert set(params) == {ident, "limit", "cursor"}
+        assert params["limit"]["schema"]["maximum"] == 200 and params[ident]["in"] == "path"
     assert "examples" in spec["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]
     assert client.get("/docs").status_code == 200
 
@@ -205,3 +236,97 @@ def test_serving_never_imports_tensorflow_or_spark():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+# -- the API's Redis client: wire format, split replies, timeouts --------------------
+
+REPLIES = [
+    (b"+OK\r\n", "OK"),
+    (b":42\r\n", 42),
+    (b"$5\r\nhello\r\n", "hello"),
+    (b"$0\r\n\r\n", ""),
+    (b"$-1\r\n", None),
+    (b"*-1\r\n", None),
+    (b"*0\r\n", []),
+    (b"*3\r\n$1\r\na\r\n$-1\r\n*2\r\n:1\r\n$3\r\nb\xc3\xa9\r\n", ["a", None, [1, "bé"]]),
+    (b"$12\r\nwith\r\ncrlf!!\r\n", "with\r\ncrlf!!"),
+    (b"-ERR wrong type\r\n", redis.exceptions.ResponseError),
+    (b"-NOSCRIPT No matching script\r\n", redis.exceptions.NoScriptError),
+]
+
+
+class _Transport:
+    def __init__(self):
+        self.written, self.aborted = [], False
+
+    def write(self, data):
+        self.written.append(data)
+
+    def abort(self):
+        self.aborted = True
+
+    def close(self):
+        pass
+
+
+def _outcome(future):
+    exc = future.exception()
+    return type(exc) if exc else future.result()
+
+
+def test_commands_are_encoded_as_resp_arrays():
+    assert resp.encode(("GET", "k:é", 5)) == b"*3\r\n$3\r\nGET\r\n$4\r\nk:\xc3\xa9\r\n$1\r\n5\r\n"
+    assert resp.encode(("SET", "k", b"\x00")) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n\x00\r\n"
+
+
+def test_replies_split_at_any_byte_resolve_in_order():
+    stream = b"".join(raw for raw, _ in REPLIES)
+    expected = [value for _, value in REPLIES]
+
+    async def run():
+        for cut in range(len(stream) + 1):
+            protocol = resp._Protocol(timeout_s=5)
+            protocol.connection_made(_Transport())
+            futures = protocol.send(b"", len(REPLIES))
+            protocol.data_received(stream[:cut])
+            protocol.data_received(stream[cut:])
+            assert [_outcome(f) for f in futures] == expected, f"cut at {cut}"
+            protocol.connection_lost(None)
+
+    asyncio.run(run())
+
+
+def test_a_silent_server_times_out_every_pending_command():
+    async def run():
+        protocol = resp._Protocol(timeout_s=0.05)
+        transport = _Transport()
+        protocol.connection_made(transport)
+        futures = protocol.send(b"", 2)
+        await asyncio.sleep(0.2)
+        assert [_outcome(f) for f in futures] == [redis.exceptions.TimeoutError] * 2
+        assert transport.aborted and protocol.closed
+
+    asyncio.run(run())
+
+
+def test_a_lost_connection_fails_pending_commands():
+    async def run():
+        protocol = resp._Protocol(timeout_s=5)
+        protocol.connection_made(_Transport())
+        (future,) = protocol.send(b"", 1)
+        protocol.connection_lost(ConnectionResetError())
+        assert _outcome(future) is redis.exceptions.ConnectionError and protocol.closed
+
+    asyncio.run(run())
+
+
+def test_unreachable_redis_is_a_connection_error_then_the_breaker_answers_at_once():
+    async def run():
+        store = FeedStore(resp.AsyncRedis("127.0.0.1", CLOSED_PORT, timeout_s=0.2), cooldown_s=30)
+        with pytest.raises(redis.exceptions.ConnectionError) as first:
+            await store.execute("PING")
+        assert not isinstance(first.value, RedisUnavailable)
+        with pytest.raises(RedisUnavailable):
+            await store.execute("PING")
+
+    asyncio.run(run())

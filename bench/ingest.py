@@ -1,0 +1,650 @@
+"""`python -m bench.ingest`: the event pipeline's throughput and freshness on this machine.
+
+Brings up its own stack (Kafka, Hive metastore, Spark Thrift Server, Redis, then
+the `stream-events` service) under ``var/bench-ingest`` with every port shifted,
+so it runs beside a demo or test stack, and stops it at the end. Phases:
+
+1. produce: the simulator's events into Kafka with kafka-python (the simulator's
+   default) and with confluent-kafka (librdkafka), both idempotent with acks=all,
+   while the sink is stopped; plus the rate of generating events alone;
+2. drain: start the streaming service on that backlog and time how fast it lands
+   in Hive (the sink's progress file, then one ``count(*)`` to check exactly-once)
+   and in the Redis aggregates (sum of the per-user stats counters);
+3. freshness: a steady load below capacity with marker events (one unique user
+   each) every half second; event time -> visible in Redis (the marker user's
+   stats key exists) and in Hive (``SELECT ... WHERE event_id IN`` over PyHive).
+
+Prints progress, a comparison with the seed system's 32,000 events/s and what
+bounded the run (CPU by process while draining), and ends with one JSON object
+on its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import redis
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_PEAK_PER_S = 32_000
+DEFAULT_PORT_SHIFT = 10_000
+BASE_PORTS = {
+    "KAFKA__PORT": 9092, "KAFKA__CONTROLLER_PORT": 9093, "HIVE__METASTORE_PORT": 9083, "HIVE__HS2_PORT": 10000,
+    "SPARK__UI_PORT": 4040, "REDIS__PORT": 6379, "POSTGRES__PORT": 5432, "MLFLOW__PORT": 5000,
+    "AIRFLOW__PORT": 8080, "API__PORT": 8000,
+}
+STACK = ["redis", "kafka", "metastore", "thriftserver"]
+SINK = "stream-events"
+N_USERS, N_ITEMS, SEED = 1000, 2000, 42
+MARKER_EVERY_S = 0.5
+REDIS_POLL_S = 0.05
+HIVE_POLL_S = 1.0
+REPORT_EVERY_S = 3.0
+
+
+def bench_env(var_dir: Path, shift: int) -> dict[str, str]:
+    """Environment of an isolated stack: its own var dir, every port moved by ``shift``."""
+    env = {"FEEDLOOP_VAR_DIR": str(var_dir)}
+    env.update({f"FEEDLOOP_{name}": str(port + shift) for name, port in BASE_PORTS.items()})
+    env["FEEDLOOP_KAFKA__BOOTSTRAP"] = f"127.0.0.1:{9092 + shift}"
+    env["FEEDLOOP_HIVE__METASTORE_URI"] = f"thrift://127.0.0.1:{9083 + shift}"
+    return env
+
+
+def log(message: str) -> None:
+    print(f"[bench.ingest {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Linear-interpolated percentile (p in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    low = int(k)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
+
+
+def rnd(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+# -- CPU accounting ---------------------------------------------------------------
+def classify(cmdline: list[str]) -> str:
+    text = " ".join(cmdline)
+    if "kafka.Kafka" in text:
+        return "kafka"
+    if "HiveMetaStore" in text:
+        return "metastore"
+    if "HiveThriftServer2" in text:
+        return "thriftserver"
+    if "pyspark.daemon" in text or "pyspark.worker" in text:
+        return "sink python workers (validator)"
+    if "SparkSubmit" in text or "feedloop-stream-events" in text:
+        return "sink JVM (Spark)"
+    if "stream-events" in text:
+        return "sink driver (python)"
+    if "redis-server" in text:
+        return "redis"
+    return "other"
+
+
+class CpuSampler(threading.Thread):
+    """CPU seconds used by the stack's processes (by kind) and by the whole machine."""
+
+    def __init__(self, supervisord_pid: int):
+        super().__init__(daemon=True)
+        import psutil
+
+        self.psutil = psutil
+        self.root = supervisord_pid
+        self.last: dict[int, float] = {}
+        self.kind: dict[int, str] = {}
+        self.used: dict[str, float] = {}
+        self.stop_event = threading.Event()
+        self.started_at = time.time()
+        self.machine_start = psutil.cpu_times()
+        self.sample()
+
+    def sample(self) -> None:
+        try:
+            procs = self.psutil.Process(self.root).children(recursive=True)
+        except self.psutil.Error:
+            return
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                total = times.user + times.system
+                if proc.pid not in self.kind:
+                    self.kind[proc.pid] = classify(proc.cmdline())
+            except self.psutil.Error:
+                continue
+            previous = self.last.get(proc.pid)
+            if previous is not None:
+                name = self.kind[proc.pid]
+                self.used[name] = self.used.get(name, 0.0) + max(0.0, total - previous)
+            self.last[proc.pid] = total
+
+    def run(self) -> None:
+        while not self.stop_event.wait(1.0):
+            self.sample()
+
+    def stop(self) -> dict:
+        self.stop_event.set()
+        self.join(5)
+        self.sample()
+        wall = time.time() - self.started_at
+        end = self.psutil.cpu_times()
+        busy = sum(getattr(end, f) - getattr(self.machine_start, f)
+                   for f in ("user", "system", "nice", "irq", "softirq"))
+        cores = self.psutil.cpu_count() or 1
+        return {
+            "wall_s": round(wall, 1),
+            "cores": cores,
+            "machine_busy_pct": round(100 * busy / (wall * cores), 1),
+            "stack_cpu_s": {k: round(v, 1) for k, v in sorted(self.used.items(), key=lambda kv: -kv[1])},
+        }
+
+
+# -- phases --------------------------------------------------------------------------
+def generate_only(n_events: int) -> dict:
+    """Events/s the simulator generates and serialises, sending nothing."""
+    import orjson
+
+    from feedloop.simulator import Simulator, make_catalog
+
+    users, items = make_catalog(N_USERS, N_ITEMS, SEED)
+    sim = Simulator(users, items, SEED)
+    made, started = 0, time.perf_counter()
+    while made < n_events:
+        for event in sim.events_for_action():
+            orjson.dumps(event)
+            event["user_id"].encode()
+            made += 1
+    seconds = time.perf_counter() - started
+    return {"events": made, "seconds": round(seconds, 2), "per_s": round(made / seconds)}
+
+
+def validate_only(n_events: int) -> dict:
+    """Events/s one core validates with feedloop.events.validate (the sink's per-event Python work)."""
+    import orjson
+
+    from feedloop.events import validate
+    from feedloop.simulator import Simulator, make_catalog
+
+    users, items = make_catalog(N_USERS, N_ITEMS, SEED)
+    sim = Simulator(users, items, SEED + 1)
+    raw = []
+    while len(raw) < n_events:
+        raw += [orjson.dumps(e) for e in sim.events_for_action()]
+    started = time.perf_counter()
+    for value in raw:
+        validate(value)
+    seconds = time.perf_counter() - started
+    return {"events": len(raw), "seconds": round(seconds, 2), "per_s": round(len(raw) / seconds)}
+
+
+def produce(settings, backend: str, n_events: int) -> dict:
+    """The simulator's events into Kafka as fast as one producer takes them, until all are acknowledged."""
+    from feedloop.simulator import EventProducer, Simulator, make_catalog
+
+    users, items = make_catalog(N_USERS, N_ITEMS, SEED)
+    sim = Simulator(users, items, SEED + (1 if backend == "kafka-python" else 2))
+    producer = EventProducer(settings, backend, client_id=f"bench-{backend}")
+    topic = settings.kafka.events_topic
+    sent, started, last = 0, time.perf_counter(), time.perf_counter()
+    try:
+        while sent < n_events:
+            for event in sim.events_for_action():
+                producer.send(topic, event)
+                sent += 1
+            if time.perf_counter() - last > REPORT_EVERY_S:
+                log(f"  {backend}: {sent:,} sent, {sent / (time.perf_counter() - started):,.0f}/s")
+                last = time.perf_counter()
+        producer.flush()
+    finally:
+        producer.close()
+    seconds = time.perf_counter() - started
+    acked = sent - producer.failed
+    if producer.failed:
+        log(f"  {backend}: {producer.failed} events failed: {producer.last_error}")
+    return {"events": acked, "failed": producer.failed, "seconds": round(seconds, 2), "per_s": round(acked / seconds)}
+
+
+def redis_event_count(client, user_ids: list[str]) -> int:
+    """Events aggregated into Redis so far: the sum of the users' per-event-type counters."""
+    from feature_store.online import user_stats_key
+
+    pipe = client.pipeline(transaction=False)
+    for user in user_ids:
+        pipe.hvals(user_stats_key(user))
+    return sum(int(v) for values in pipe.execute() for v in values)
+
+
+def sink_progress(settings) -> dict | None:
+    path = settings.var / "run" / "stream-events.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def steady_rate(timeline: list[tuple[float, int]], expected: int) -> tuple[float | None, float | None, float | None]:
+    """(rate after the first batch, seconds to the first batch, seconds to all) from (t since start, count).
+
+    With less than a quarter of the events after the first batch (a backlog under two
+    batches of 100,000), the rate is over the whole drain, Spark's start-up included.
+    """
+    first = next(((t, c) for t, c in timeline if c > 0), None)
+    done = next(((t, c) for t, c in timeline if c >= expected), None)
+    if first is None or done is None:
+        return None, first[0] if first else None, None
+    if done[0] > first[0] and done[1] - first[1] >= expected / 4:
+        return (done[1] - first[1]) / (done[0] - first[0]), first[0], done[0]
+    return expected / done[0], first[0], done[0]  # one batch took nearly all: the rate includes start-up
+
+
+def drain(settings, expected: int, timeout_s: float) -> dict:
+    """Start the sink on the backlog; time Hive (progress file) and Redis (user stats) reaching ``expected``."""
+    from feature_store.online import connect
+    from feedloop.services import supervisor
+    from feedloop.simulator import make_catalog
+
+    users, _ = make_catalog(N_USERS, N_ITEMS, SEED)
+    user_ids = [u.user_id for u in users]
+    client = connect(settings)
+    pid = int((settings.var / "run" / "supervisord.pid").read_text())
+    cpu = CpuSampler(pid)
+    cpu.start()
+    started = time.time()
+    supervisor(settings).startProcess(SINK, False)
+    hive_line: list[tuple[float, int]] = []
+    redis_line: list[tuple[float, int]] = []
+    batches: dict[int, dict] = {}
+    last_report = 0.0
+    while time.time() - started < timeout_s:
+        now = time.time() - started
+        progress = sink_progress(settings)
+        hive = progress["since_start"]["valid"] if progress else 0
+        if progress:
+            batches[progress["batch_id"]] = {"written": progress["last_batch"]["written"],
+                                             "seconds": progress["batch_seconds"]}
+        try:
+            redis_n = redis_event_count(client, user_ids)
+        except redis.exceptions.RedisError as exc:  # a loaded machine: keep the last count, poll again
+            log(f"  drain: Redis poll failed ({exc}); retrying")
+            redis_n = redis_line[-1][1] if redis_line else 0
+        hive_line.append((now, hive))
+        redis_line.append((now, redis_n))
+        if now - last_report > REPORT_EVERY_S:
+            log(f"  drain {now:5.0f}s: Hive {hive:,}/{expected:,}, Redis {redis_n:,}/{expected:,}")
+            last_report = now
+        if hive >= expected and redis_n >= expected:
+            break
+        time.sleep(0.25)
+    usage = cpu.stop()
+    hive_rate, hive_first, hive_done = steady_rate(hive_line, expected)
+    redis_rate, redis_first, redis_done = steady_rate(redis_line, expected)
+    in_batches = sum(b["written"] for b in batches.values()), sum(b["seconds"] for b in batches.values())
+    return {
+        "expected": expected,
+        "hive": {"events": hive_line[-1][1], "per_s": rnd(hive_rate, 0), "first_batch_s": rnd(hive_first, 1),
+                 "all_s": rnd(hive_done, 1), "batches_seen": len(batches),
+                 "in_batch_per_s": rnd(in_batches[0] / in_batches[1], 0) if in_batches[1] else None},
+        "redis": {"events": redis_line[-1][1], "per_s": rnd(redis_rate, 0), "first_batch_s": rnd(redis_first, 1),
+                  "all_s": rnd(redis_done, 1)},
+        "cpu": usage,
+    }
+
+
+def spark_jobs(settings) -> dict:
+    """Spark jobs per micro-batch of each streaming query, from the sink's Spark UI (REST API)."""
+    import urllib.request
+
+    def get(url: str):
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    for port in range(settings.spark.ui_port, settings.spark.ui_port + 8):
+        base = f"http://{settings.bind_host}:{port}/api/v1/applications"
+        try:
+            apps = get(base)
+        except (OSError, ValueError):
+            continue
+        if apps and apps[0]["name"] == "feedloop-stream-events":
+            jobs = get(f"{base}/{apps[0]['id']}/jobs")
+            break
+    else:
+        return {}
+
+    def seconds(job: dict) -> float:
+        fmt = "%Y-%m-%dT%H:%M:%S.%f"
+        start = datetime.strptime(job["submissionTime"].replace("GMT", ""), fmt)
+        end = datetime.strptime(job["completionTime"].replace("GMT", ""), fmt)
+        return (end - start).total_seconds()
+
+    out: dict[str, dict] = {}
+    for job in jobs:
+        lines = (job.get("description") or "").splitlines()
+        if not lines or not lines[-1].startswith("batch = ") or not job.get("completionTime"):
+            continue
+        query = out.setdefault(lines[0], {"batches": set(), "jobs": 0, "job_s": 0.0})
+        query["batches"].add(lines[-1])
+        query["jobs"] += 1
+        query["job_s"] += seconds(job)
+    return {name: {"batches": len(q["batches"]), "jobs": q["jobs"], "job_s": round(q["job_s"], 1),
+                   "jobs_per_batch": round(q["jobs"] / len(q["batches"]), 1)} for name, q in out.items()}
+
+
+def hive_check(settings) -> dict:
+    """count(*) and count(DISTINCT event_id) of the events table over HiveServer2."""
+    from feedloop.services import hive_connection
+
+    conn = hive_connection(settings, settings.hive.database)
+    try:
+        cursor = conn.cursor()
+        started = time.time()
+        cursor.execute("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM events")
+        total, distinct = cursor.fetchone()
+        return {"rows": total, "distinct_event_ids": distinct, "query_s": round(time.time() - started, 2)}
+    finally:
+        conn.close()
+
+
+class Markers:
+    """Marker events sent during the freshness phase and when each became visible where."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.sent: dict[str, dict] = {}  # event_id -> event
+        self.seen: dict[str, dict[str, float]] = {"redis": {}, "hive": {}}
+        self.lock = threading.Lock()
+        self.hive_queries: list[float] = []
+
+    def pending(self, where: str) -> list[dict]:
+        with self.lock:
+            return [e for eid, e in self.sent.items() if eid not in self.seen[where]]
+
+    def mark(self, where: str, event_id: str, at: float) -> None:
+        with self.lock:
+            self.seen[where].setdefault(event_id, at)
+
+    def lags(self, where: str) -> list[float]:
+        with self.lock:
+            return [self.seen[where][eid] - e["ts"] / 1000 for eid, e in self.sent.items() if eid in self.seen[where]]
+
+
+def poll_redis(settings, markers: Markers, stop: threading.Event) -> None:
+    from feature_store.online import connect, user_stats_key
+
+    client = connect(settings)
+    while not stop.is_set():
+        pending = markers.pending("redis")
+        if pending:
+            pipe = client.pipeline(transaction=False)
+            for event in pending:
+                pipe.exists(user_stats_key(event["user_id"]))
+            try:
+                found = pipe.execute()
+            except redis.exceptions.RedisError as exc:
+                log(f"  freshness: Redis poll failed ({exc}); retrying")
+                found = []
+            now = time.time()
+            for event, exists in zip(pending, found):
+                if exists:
+                    markers.mark("redis", event["event_id"], now)
+        stop.wait(REDIS_POLL_S)
+
+
+def poll_hive(settings, markers: Markers, stop: threading.Event) -> None:
+    from feedloop.services import hive_connection
+
+    conn = hive_connection(settings, settings.hive.database)
+    cursor = conn.cursor()
+    try:
+        while not stop.is_set():
+            pending = markers.pending("hive")
+            if pending:
+                days = sorted({datetime.fromtimestamp(e["ts"] / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
+                               for e in pending})
+                ids = ", ".join(f"'{e['event_id']}'" for e in pending)
+                started = time.time()
+                try:
+                    cursor.execute(f"SELECT event_id FROM events WHERE dt IN ({', '.join(repr(d) for d in days)}) "
+                                   f"AND event_id IN ({ids})")
+                    rows = cursor.fetchall()
+                except Exception as exc:  # noqa: BLE001 - keep polling; a marker never seen is reported as such
+                    log(f"  freshness: Hive poll failed ({exc}); retrying")
+                    stop.wait(HIVE_POLL_S)
+                    continue
+                now = time.time()  # what an analyst sees: the time the query answered
+                markers.hive_queries.append(now - started)
+                for (event_id,) in rows:
+                    markers.mark("hive", event_id, now)
+            stop.wait(HIVE_POLL_S)
+    finally:
+        conn.close()
+
+
+def freshness(settings, rate: float, duration_s: float, grace_s: float) -> dict:
+    """Steady load at ``rate`` events/s with markers; event time -> visible in Redis and Hive."""
+    from feedloop.events import new_event
+    from feedloop.simulator import EventProducer, Pacer, Simulator, make_catalog
+
+    users, items = make_catalog(N_USERS, N_ITEMS, SEED)
+    sim = Simulator(users, items, SEED + 3)
+    producer = EventProducer(settings, "kafka-python", client_id="bench-freshness")
+    topic = settings.kafka.events_topic
+    markers = Markers(run_id=str(int(time.time())))
+    stop = threading.Event()
+    pollers = [threading.Thread(target=poll_redis, args=(settings, markers, stop), daemon=True),
+               threading.Thread(target=poll_hive, args=(settings, markers, stop), daemon=True)]
+    for thread in pollers:
+        thread.start()
+    pacer = Pacer(rate)
+    started = time.time()
+    next_marker, sent, last_report = started, 0, started
+    try:
+        while time.time() - started < duration_s:
+            if time.time() >= next_marker:
+                marker = new_event("view", f"fresh-{markers.run_id}-{len(markers.sent)}", items[0].item_id)
+                producer.send(topic, marker)
+                with markers.lock:
+                    markers.sent[marker["event_id"]] = marker
+                next_marker += MARKER_EVERY_S
+            events = sim.events_for_action()
+            for event in events:
+                producer.send(topic, event)
+            sent += len(events)
+            pacer.wait(len(events), 1.0)
+            if time.time() - last_report > REPORT_EVERY_S:
+                elapsed = time.time() - started
+                log(f"  freshness {elapsed:4.0f}s: {sent:,} events at {sent / elapsed:,.0f}/s; "
+                    f"markers seen in Redis {len(markers.seen['redis'])}/{len(markers.sent)}, "
+                    f"Hive {len(markers.seen['hive'])}/{len(markers.sent)}")
+                last_report = time.time()
+        producer.flush()
+        deadline = time.time() + grace_s
+        while time.time() < deadline and (markers.pending("redis") or markers.pending("hive")):
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        producer.close()
+        for thread in pollers:
+            thread.join(30)
+    def lag_stats(where: str) -> dict:
+        lags = markers.lags(where)
+        return {"seen": len(lags), "p50_s": rnd(percentile(lags, 50)), "p95_s": rnd(percentile(lags, 95)),
+                "max_s": rnd(max(lags, default=None))}
+
+    return {
+        "rate_per_s": round(sent / duration_s),
+        "markers": len(markers.sent),
+        "redis": lag_stats("redis"),
+        "hive": {**lag_stats("hive"), "query_p50_s": rnd(percentile(markers.hive_queries, 50))},
+    }
+
+
+def sink_batches(settings) -> dict:
+    """Events and seconds of the Hive sink's batches, from its log: big (drain) and small (steady load)."""
+    import re
+
+    pattern = re.compile(r"^batch (\d+): (\d+) events -> .* \(([\d.]+)s\)$")
+    batches = []
+    try:
+        for line in (settings.log_dir / f"{SINK}.log").read_text(errors="replace").splitlines():
+            match = pattern.match(line.strip())
+            if match:
+                batches.append((int(match[2]), float(match[3])))
+    except OSError:
+        return {}
+    small = [sec for n, sec in batches if n < 20_000]
+    big = [(n, sec) for n, sec in batches if n >= 20_000]
+    return {
+        "count": len(batches),
+        "big": [[n, sec] for n, sec in big],
+        "small_median_s": rnd(percentile(small, 50), 1),
+        "small_median_events": int(percentile([n for n, _ in batches if n < 20_000], 50) or 0) if small else None,
+    }
+
+
+def bottleneck(result: dict) -> str:
+    """One sentence on what bounded the drain, from the CPU it used."""
+    cpu = result["drain"]["cpu"]
+    used = cpu["stack_cpu_s"]
+    total = sum(used.values()) or 1.0
+    top = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in list(used.items())[:4])
+    capacity = cpu["wall_s"] * cpu["cores"]
+    batches = result.get("sink_batches") or {}
+    small = (f"; a Hive batch of ~{batches['small_median_events']} events takes {batches['small_median_s']}s "
+             f"(fixed per-batch cost)") if batches.get("small_median_s") else ""
+    return (f"drain used {total:.0f} CPU-s of {capacity:.0f} available ({cpu['cores']} cores x {cpu['wall_s']:.0f}s; "
+            f"machine {cpu['machine_busy_pct']:.0f}% busy, other tenants included); by process: {top}; "
+            f"one core validates {result['validate_only_per_s']:,} events/s in Python{small}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000,
+                        help="events each producer sends (the backlog is twice this)")
+    parser.add_argument("--fresh-s", type=float, default=45, help="seconds of steady load for the freshness phase")
+    parser.add_argument("--fresh-rate", type=float, default=0,
+                        help="events/s of that load (0: a quarter of the slower drain rate)")
+    parser.add_argument("--drain-timeout", type=float, default=300)
+    parser.add_argument("--port-shift", type=int, default=DEFAULT_PORT_SHIFT)
+    parser.add_argument("--var-dir", default=str(REPO / "var" / "bench-ingest"))
+    parser.add_argument("--keep", action="store_true", help="keep the var dir (logs, data) after the run")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    var_dir = Path(args.var_dir)
+    os.environ.update(bench_env(var_dir, args.port_shift))  # before any settings are read
+
+    from feedloop.services import down, up
+    from feedloop.settings import get_settings
+
+    get_settings.cache_clear()
+    started = time.time()
+    if var_dir.exists():
+        down(get_settings())  # a previous run that did not finish
+        shutil.rmtree(var_dir)
+    result: dict = {"seed_peak_per_s": SEED_PEAK_PER_S}
+    try:
+        log(f"starting {', '.join(STACK)} under {var_dir} (ports +{args.port_shift})")
+        up(STACK)
+        get_settings.cache_clear()
+        settings = get_settings()
+        result["stack_up_s"] = round(time.time() - started, 1)
+        log(f"stack up in {result['stack_up_s']}s")
+
+        log("phase 1: produce (sink stopped)")
+        result["generate_only_per_s"] = generate_only(min(args.events, 100_000))["per_s"]
+        log(f"  generating alone: {result['generate_only_per_s']:,} events/s")
+        result["validate_only_per_s"] = validate_only(50_000)["per_s"]
+        log(f"  validating alone (one core): {result['validate_only_per_s']:,} events/s")
+        kp = produce(settings, "kafka-python", args.events)
+        log(f"  kafka-python: {kp['events']:,} events in {kp['seconds']}s = {kp['per_s']:,}/s")
+        ck = produce(settings, "confluent", args.events)
+        log(f"  confluent-kafka: {ck['events']:,} events in {ck['seconds']}s = {ck['per_s']:,}/s")
+        result.update(produce_kafka_python_per_s=kp["per_s"], produce_confluent_per_s=ck["per_s"],
+                      confluent_vs_kafka_python=round(ck["per_s"] / kp["per_s"], 2))
+
+        backlog = kp["events"] + ck["events"]
+        log(f"phase 2: drain a backlog of {backlog:,} events through {SINK}")
+        drained = drain(settings, backlog, args.drain_timeout)
+        result["drain"] = drained
+        result["spark_jobs"] = spark_jobs(settings)
+        log(f"  Spark jobs by streaming query: {result['spark_jobs']}")
+        check = hive_check(settings)
+        result["hive_check"] = check
+        log(f"  Hive: {drained['hive']['per_s']} events/s after the first batch (first batch at "
+            f"{drained['hive']['first_batch_s']}s, all at {drained['hive']['all_s']}s); Redis: "
+            f"{drained['redis']['per_s']} events/s (all at {drained['redis']['all_s']}s)")
+        log(f"  Hive holds {check['rows']:,} rows, {check['distinct_event_ids']:,} distinct event ids "
+            f"(expected {backlog:,}; query {check['query_s']}s)")
+
+        slowest = min([r for r in (drained["hive"]["per_s"], drained["redis"]["per_s"]) if r] or [400])
+        rate = args.fresh_rate or max(100.0, min(5000.0, slowest / 4))
+        log(f"phase 3: freshness at {rate:,.0f} events/s for {args.fresh_s:.0f}s, a marker every {MARKER_EVERY_S}s")
+        fresh = freshness(settings, rate, args.fresh_s, grace_s=60)
+        result["freshness"] = fresh
+        result["sink_batches"] = sink_batches(settings)
+        log(f"  Redis p50 {fresh['redis']['p50_s']}s p95 {fresh['redis']['p95_s']}s ({fresh['redis']['seen']}/"
+            f"{fresh['markers']} seen); Hive p50 {fresh['hive']['p50_s']}s p95 {fresh['hive']['p95_s']}s "
+            f"({fresh['hive']['seen']}/{fresh['markers']} seen, query {fresh['hive']['query_p50_s']}s)")
+    finally:
+        log("stopping the bench stack")
+        down(get_settings())
+        if not args.keep:
+            shutil.rmtree(var_dir, ignore_errors=True)
+
+    hive_rate, redis_rate = result["drain"]["hive"]["per_s"], result["drain"]["redis"]["per_s"]
+    # CPU the stack spent per drained event: what the sink costs whatever else runs on the machine
+    cpu_ms = rnd(1000 * sum(result["drain"]["cpu"]["stack_cpu_s"].values()) / result["drain"]["expected"], 3)
+    summary = {
+        "produce_per_s": result["produce_kafka_python_per_s"],
+        "produce_kafka_python_per_s": result["produce_kafka_python_per_s"],
+        "produce_confluent_per_s": result["produce_confluent_per_s"],
+        "confluent_vs_kafka_python": result["confluent_vs_kafka_python"],
+        "generate_only_per_s": result["generate_only_per_s"],
+        "validate_only_per_s": result["validate_only_per_s"],
+        "hive_events_per_s": hive_rate,
+        "redis_events_per_s": redis_rate,
+        "freshness_redis_p50_s": result["freshness"]["redis"]["p50_s"],
+        "freshness_redis_p95_s": result["freshness"]["redis"]["p95_s"],
+        "freshness_hive_p50_s": result["freshness"]["hive"]["p50_s"],
+        "freshness_hive_p95_s": result["freshness"]["hive"]["p95_s"],
+        "freshness_load_per_s": result["freshness"]["rate_per_s"],
+        "backlog_events": result["drain"]["expected"],
+        "hive_exactly_once": result["hive_check"]["rows"] == result["hive_check"]["distinct_event_ids"]
+        == result["drain"]["expected"],
+        "seed_peak_per_s": SEED_PEAK_PER_S,
+        "hive_vs_seed_peak": rnd(hive_rate / SEED_PEAK_PER_S, 3) if hive_rate else None,
+        "redis_vs_seed_peak": rnd(redis_rate / SEED_PEAK_PER_S, 3) if redis_rate else None,
+        "drain_cpu": result["drain"]["cpu"],
+        "sink_cpu_ms_per_event": cpu_ms,
+        "sink_per_s_if_2_cores_free": rnd(2000 / cpu_ms, 0) if cpu_ms else None,
+        "spark_jobs": result.get("spark_jobs"),
+        "hive_batches": result.get("sink_batches"),
+        "bound": bottleneck(result),
+        "cores": os.cpu_count(),
+        "total_s": round(time.time() - started, 1),
+    }
+    log(summary["bound"])
+    print(json.dumps(summary, separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""`python -m bench.serving`: requests/s and latency of the feed API, with its floors.
+
+Everything runs privately and is stopped at the end: a redis-server on a free port
+(no persistence), seeded with realistic feeds through
+:func:`feature_store.online.publish_feeds`, and uvicorn processes on free ports. The
+project's own services are never touched. In one run it measures, with wrk at a
+fixed concurrency:
+
+* ``GET /v1/feeds/users/{id}`` over random users (a wrk Lua script picks the id):
+  requests/s, p50 and p99;
+* the framework floor: a bare FastAPI ``async`` JSON endpoint on the same server
+  stack and worker count;
+* the data floor: a raw Python loop (redis-py) doing the endpoint's Redis read (one
+  script call per user, sequentially), one loop per worker;
+* p99 at half of the peak rate: wrk2 is not available, so wrk paces each connection
+  with its Lua ``delay()`` hook, calibrated to about half the measured peak.
+
+Kafka is pointed at a closed port: served-feed records are handed to the
+non-blocking producer and dropped at its bounded buffer, as when Kafka is down.
+
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+from feature_store import online
+from feature_store.catalogue import write_catalogue
+from feature_store.segments import fallbacks, segment_of
+from feedloop.settings import REPO_ROOT
+from feedloop.simulator import make_catalog
+
+FEED_PATH = "/v1/feeds/users/{user_id}?limit=20"
+FLOOR_PATH = "/"
+# wrk builds both requests with the same Lua code, so the load generator costs the same
+FEED_TEMPLATE = "/v1/feeds/users/u%06d?limit=20"
+FLOOR_TEMPLATE = "/?u=u%06d"
+SEED = 7
+RATIO_GOAL = 0.7  # of the framework floor's requests/s
+P99_GOAL_MS = 5.0  # at half of the peak rate
+READY_TIMEOUT_S = 30
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def floor_app():
+    """The framework floor: FastAPI with one ``async`` JSON endpoint and nothing else."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get(FLOOR_PATH)
+    async def hello():
+        return {"message": "Hello, World!"}
+
+    return app
+
+
+# -- private processes --------------------------------------------------------
+
+
+class Private:
+    """A child process in its own process group, stopped (group and all) on exit."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+        out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+        self.log_path = log_path
+        self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=REPO_ROOT)
+        if log_path:
+            out.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def __enter__(self) -> "Private":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its descendants (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def wait_until(check, what: str, proc: Private, timeout_s: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.proc.poll() is not None:
+            tail = proc.log_path.read_text()[-2000:] if proc.log_path else ""
+            raise RuntimeError(f"{what} exited with {proc.proc.returncode}:\n{tail}")
+        if check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} not ready after {timeout_s:.0f}s")
+
+
+def start_redis(port: int, workdir: Path) -> Private:
+    server = Private(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                      "--dir", str(workdir), "--daemonize", "no"], log_path=workdir / "redis.log")
+    import redis
+
+    def ping() -> bool:
+        try:
+            return redis.Redis(port=port, socket_timeout=0.5).ping()
+        except redis.RedisError:
+            return False
+
+    wait_until(ping, "redis-server", server)
+    return server
+
+
+def app_env(redis_port: int, workdir: Path) -> dict[str, str]:
+    """The API's environment: only this private Redis, Kafka on a closed port, no repo config or secrets."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEEDLOOP_")}
+    env.update({
+        "FEEDLOOP_VAR_DIR": str(workdir / "var"),
+        "FEEDLOOP_CONFIG": str(workdir / "none.yaml"),
+        "FEEDLOOP_REDIS__PORT": str(redis_port),
+        "FEEDLOOP_KAFKA__BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "FEEDLOOP_API__API_KEY": "bench",
+    })
+    return env
+
+
+def start_server(app: str, port: int, args, env: dict[str, str], workdir: Path, name: str) -> Private:
+    argv = [sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(args.workers), "--loop", args.loop, "--http", args.http,
+            "--no-access-log", "--log-level", "warning"]
+    server = Private(argv, env=env, log_path=workdir / f"{name}.log")
+
+    def up() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    wait_until(up, f"uvicorn ({name})", server)
+    return server
+
+
+# -- seeding -------------------------------------------------------------------
+
+
+def seed(client, n_users: int, n_cold: int, n_segments: int, n_items: int, feed_size: int) -> dict[str, int]:
+    """Users with feeds, cold users (profile only), segment feeds, trending, popular, catalogue."""
+    rng = random.Random(SEED)
+    users, items = make_catalog(n_users + n_cold, n_items, SEED)
+    item_ids = [i.item_id for i in items]
+    segment_of_user = {u.user_id: segment_of(u.gender, u.age, u.interests) for u in users}
+
+    by_count: dict[str, int] = {}
+    for segment in segment_of_user.values():
+        by_count[segment] = by_count.get(segment, 0) + 1
+    exact = sorted(by_count, key=lambda s: -by_count[s])[:n_segments]
+    segments = list(dict.fromkeys(parent for s in exact for parent in fallbacks(s)))
+
+    def ranked() -> online.Feed:
+        chosen = rng.sample(item_ids, feed_size)
+        return online.Feed(items=chosen, model_version="bench-1",
+                           scores=[1 - n / feed_size for n in range(feed_size)])
+
+    feeds = {("seg", s): ranked() for s in segments}
+    feeds.update({("user", u.user_id): ranked() for u in users[:n_users]})
+    now = int(time.time() * 1000)
+    pipe = client.pipeline(transaction=False)
+    for u in users:
+        pipe.hset(online.user_profile_key(u.user_id), mapping={"segment": segment_of_user[u.user_id]})
+        own = feeds.get(("user", u.user_id))
+        seen = (rng.sample(own.items, 3) if own else []) + rng.sample(item_ids, rng.randint(0, 30))
+        if seen:
+            pipe.zadd(online.user_recent_key(u.user_id), {item: now - n for n, item in enumerate(seen)})
+    for window, size in (("1m", 200), ("10m", 500)):
+        pipe.zadd(online.trending_key(window), {i: rng.random() * 100 for i in rng.sample(item_ids, size)})
+    pipe.zadd(online.popular_key(), {i: rng.random() * 1000 for i in item_ids})
+    pipe.execute()
+    online.publish_feeds(client, feeds, ttl_s=3600)
+    write_catalogue(client, [vars(i) for i in items])
+    return {"users_with_feed": n_users, "cold_users": n_cold, "segment_feeds": len(segments), "items": n_items,
+            "feed_size": feed_size}
+
+
+# -- load ----------------------------------------------------------------------
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(number) * _UNITS[unit]
+
+
+def lua_script(path: Path, template: str, n_users: int, delay_ms: int | None = None) -> Path:
+    """A wrk script asking for ``template`` with a random user id on every request (and
+    pacing, with a delay)."""
+    lines = [
+        "math.randomseed(os.time() + math.floor(os.clock() * 1e6))",
+        "request = function()",
+        f'  return wrk.format(nil, string.format("{template}", math.random(0, {n_users - 1})))',
+        "end",
+    ]
+    if delay_ms is not None:
+        lines += ["delay = function()", f"  return {delay_ms}", "end"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_wrk(url: str, connections: int, duration_s: float, threads: int, script: Path | None = None,
+            server_pid: int | None = None) -> dict:
+    """One wrk run; with ``server_pid``, also the server's CPU time per request (less noisy than
+    requests/s on a shared machine)."""
+    cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
+    argv = ["wrk", "--latency", "-t", str(threads), "-c", str(connections), "-d", f"{duration_s:g}s", "--timeout", "2s"]
+    if script:
+        argv += ["-s", str(script)]
+    out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=duration_s + 30, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    pct = {p: _ms(v) for p, v in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.M)}
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
+    result = {"rps": round(rps, 1), "p50_ms": round(pct["50"], 3), "p99_ms": round(pct["99"], 3), "errors": errors}
+    if server_pid:
+        requests = int(re.search(r"(\d+) requests in", out).group(1))
+        result["server_cpu_us_per_request"] = round((cpu_seconds(server_pid) - cpu_before) / requests * 1e6, 1)
+    return result
+
+
+def _redis_loop(port: int, n_users: int, duration_s: float, queue) -> None:
+    """One process: redis-py reading what the endpoint reads (one script call) for random users."""
+    import redis
+
+    from serving.store import _USER_VIEW, MAX_RECENT
+
+    client = redis.Redis(port=port, decode_responses=True)
+    script = client.register_script(_USER_VIEW.source)
+    rng = random.Random(os.getpid())
+
+    def read(user_id: str) -> None:
+        keys = [online.user_profile_key(user_id), online.user_recent_key(user_id), online.feed_key("user", user_id)]
+        script(keys=keys, args=[MAX_RECENT])
+
+    read("u000000")
+    count, deadline = 0, time.perf_counter() + duration_s
+    while time.perf_counter() < deadline:
+        for _ in range(100):
+            read(f"u{rng.randrange(n_users):06d}")
+        count += 100
+    queue.put(count)
+
+
+def redis_floor(port: int, n_users: int, processes: int, duration_s: float) -> float:
+    ctx = get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_redis_loop, args=(port, n_users, duration_s, queue)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    total = sum(queue.get(timeout=duration_s + 60) for _ in procs)
+    for p in procs:
+        p.join(timeout=10)
+    return total / duration_s
+
+
+def paced(base: str, n_ids: int, workdir: Path, args, target_rps: float) -> tuple[dict, int]:
+    """p99 near ``target_rps``: every connection waits ``delay`` ms before each request, the
+    delay calibrated by up to three short runs (within 10% of the target)."""
+    delay = max(1, round(args.connections * 1000 / target_rps))
+    for _ in range(3):
+        probe = run_wrk(base, args.connections, 3, args.threads,
+                        lua_script(workdir / "half.lua", FEED_TEMPLATE, n_ids, delay))
+        if abs(probe["rps"] / target_rps - 1) <= 0.1:
+            break
+        delay = max(1, round(delay * probe["rps"] / target_rps))
+    script = lua_script(workdir / "half.lua", FEED_TEMPLATE, n_ids, delay)
+    return run_wrk(base, args.connections, args.duration, args.threads, script), delay
+
+
+# -- main ----------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections at peak (default 32)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument("--duration", type=float, default=10, help="seconds per measurement (default 10)")
+    parser.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
+    parser.add_argument("--http", default="httptools", choices=["httptools", "h11"])
+    parser.add_argument("--app", default="serving.app:app_from_settings", help="module:factory of the app under test")
+    parser.add_argument("--users", type=int, default=1000, help="users with a feed (default 1000)")
+    parser.add_argument("--cold-users", type=int, default=200, help="users with a profile only (default 200)")
+    parser.add_argument("--segments", type=int, default=100, help="exact segments with a feed (default 100)")
+    parser.add_argument("--items", type=int, default=5000, help="catalogue size (default 5000)")
+    parser.add_argument("--feed-size", type=int, default=50)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import orjson
+    import redis
+
+    n_ids = args.users + args.cold_users
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="feedloop-bench-") as tmp:
+        workdir = Path(tmp)
+        redis_port = free_port()
+        with start_redis(redis_port, workdir):
+            client = redis.Redis(port=redis_port, decode_responses=True)
+            seeded = seed(client, args.users, args.cold_users, args.segments, args.items, args.feed_size)
+            log(f"private redis-server on :{redis_port}, seeded {seeded}")
+
+            redis_rps = redis_floor(redis_port, n_ids, args.workers, args.duration)
+            log(f"redis floor: {redis_rps:,.0f} reads/s ({args.workers} process(es))")
+
+            env = app_env(redis_port, workdir)
+            port = free_port()
+            with start_server("bench.serving:floor_app", port, args, env, workdir, "floor") as server:
+                url = f"http://127.0.0.1:{port}"
+                script = lua_script(workdir / "floor.lua", FLOOR_TEMPLATE, n_ids)
+                run_wrk(url, args.connections, 2, args.threads, script)
+                floor = run_wrk(url, args.connections, args.duration, args.threads, script, server.proc.pid)
+            log(f"framework floor: {floor}")
+
+            port = free_port()
+            with start_server(args.app, port, args, env, workdir, "feed") as server:
+                base = f"http://127.0.0.1:{port}"
+                import urllib.request
+
+                with urllib.request.urlopen(base + FEED_PATH.format(user_id="u000000"), timeout=5) as resp:
+                    sample = orjson.loads(resp.read())
+                assert sample["source"] == "user" and sample["items"], sample
+                script = lua_script(workdir / "feed.lua", FEED_TEMPLATE, n_ids)
+                run_wrk(base, args.connections, 2, args.threads, script)
+                peak = run_wrk(base, args.connections, args.duration, args.threads, script, server.proc.pid)
+                log(f"feed lookup at {args.connections} connections: {peak}")
+
+                half, delay = paced(base, n_ids, workdir, args, peak["rps"] / 2)
+                log(f"feed lookup paced at {delay} ms per connection ({half['rps'] / peak['rps']:.2f} of peak): {half}")
+
+    result = {
+        "rps": peak["rps"],
+        "p50_ms": peak["p50_ms"],
+        "p99_ms": peak["p99_ms"],
+        "framework_floor_rps": floor["rps"],
+        "redis_floor_rps": round(redis_rps, 1),
+        "ratio_to_framework_floor": round(peak["rps"] / floor["rps"], 3),
+        "p99_ms_at_half_load": half["p99_ms"],
+        "half_load_rps": half["rps"],
+        "errors": peak["errors"] + half["errors"],
+        "meets_ratio_goal": peak["rps"] / floor["rps"] >= RATIO_GOAL,
+        "meets_p99_goal": half["p99_ms"] <= P99_GOAL_MS,
+        "framework_floor_p99_ms": floor["p99_ms"],
+        "server_cpu_us_per_request": peak["server_cpu_us_per_request"],
+        "framework_floor_cpu_us_per_request": floor["server_cpu_us_per_request"],
+        "workers": args.workers,
+        "concurrency": args.connections,
+        "wrk_threads": args.threads,
+        "duration_s": args.duration,
+        "server": f"uvicorn --loop {args.loop} --http {args.http}",
+        "half_load_method": f"wrk Lua delay() of {delay} ms per request on {args.connections} connections",
+        "seeded": seeded,
+        "cpus": os.cpu_count(),
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""OpenAPI documentation of the feed API: response models, examples, parameters.
+
+Handlers build their JSON directly (orjson); these models document it, and the
+tests check that the responses match them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_ID_LEN = 128
+MAX_LIMIT = 200
+DEFAULT_LIMIT = 20
+MAX_CURSOR_LEN = 512
+
+
+class FeedItem(BaseModel):
+    item_id: str
+    score: float | None = Field(description="ranking score; null when the publisher gave none")
+    position: int = Field(description="0-based index of the item in the whole feed")
+
+
+class FeedPage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "user_id": "u42",
+        "source": "segment",
+        "segment": "F|25-34|comedy",
+        "window": None,
+        "feed_id": "seg:F|25-34|comedy@1767225600000",
+        "model_version": "7",
+        "generated_at": "2026-01-01T00:00:00.000Z",
+        "generated_at_ms": 1767225600000,
+        "publication": "1767225600000",
+        "items": [{"item_id": "i981", "score": 0.83, "position": 0}, {"item_id": "i17", "score": 0.79, "position": 2}],
+        "next_cursor": "MzpzZWc6RnwyNS0zNHxjb21lZHlAMTc2NzIyNTYwMDAwMA",
+        "cursor_reset": False,
+    }]})
+
+    user_id: str | None = Field(None, description="present on user feeds")
+    source: Literal["user", "segment", "trending", "popular"]
+    segment: str | None = Field(None, description="the segment whose feed was served (source=segment)")
+    window: str | None = Field(None, description="trending window (source=trending)")
+    feed_id: str = Field(description="report this back in events as feed_id")
+    model_version: str | None = Field(description="model version that made the feed; null for live rankings")
+    generated_at: str
+    generated_at_ms: int
+    publication: str | None
+    items: list[FeedItem]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
+    cursor_reset: bool = Field(
+        description="the cursor's feed or publication is no longer current: this page starts again at 0")
+
+
+class Ranking(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "source": "trending", "window": "1m", "generated_at": "2026-01-01T00:00:00.000Z",
+        "generated_at_ms": 1767225600000, "items": [{"item_id": "i5", "score": 31.0, "position": 0}],
+    }]})
+
+    source: Literal["trending", "popular"]
+    window: str | None = None
+    generated_at: str
+    generated_at_ms: int
+    items: list[FeedItem]
+
+
+class UserStats(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"user_id": "u42", "stats": {"click": 3, "view": 12}}]})
+
+    user_id: str
+    stats: dict[str, float] = Field(description="counters by event type over the last minutes; empty when idle")
+
+
+class Accepted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"accepted": 2}]})
+
+    accepted: int
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
+        {"error": "invalid request", "field": "limit", "message": "Input should be less than or equal to 200"},
+        {"error": "invalid event", "index": 1, "field": "ts", "message": "must be an integer (ms since epoch)"},
+        {"error": "redis unavailable", "detail": "Timeout connecting to server", "retry_after_s": 1},
+    ]})
+
+    error: str
+    field: str | None = None
+
+
+EVENT_EXAMPLE = {
+    "event_id": "4b6f3c1e-8a0e-4d54-9a51-3c2d5f0e7a11", "event_type": "click", "user_id": "u42",
+    "item_id": "i981", "ts": 1767225600000, "feed_id": "seg:F|25-34|comedy@1767225600000",
+    "position": 0, "model_version": "7", "schema_version": 1,
+}
+EVENTS_BODY = {
+    "required": True,
+    "content": {"application/json": {
+        "schema": {"oneOf": [
+            {"type": "array", "items": {"type": "object"}},
+            {"type": "object", "required": ["events"],
+             "properties": {"events": {"type": "array", "items": {"type": "object"}}}},
+        ]},
+        "examples": {
+            "list": {"summary": "a JSON list of events", "value": [EVENT_EXAMPLE]},
+            "wrapped": {"summary": "an object with an events list", "value": {"events": [EVENT_EXAMPLE]}},
+        },
+    }},
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+
+
+class CatalogueItem(BaseModel):
+    item_id: str
+    title: str
+    category: str
+    price: float | None
+    keywords: list[str]
+    created_at: int | None = Field(description="ms since epoch")
+
+
+class ItemPage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "items": [{"item_id": "i000981", "title": "Epic Comedy #981", "category": "comedy", "price": 12.5,
+                   "keywords": ["epic", "family"], "created_at": 1767225600000}],
+        "catalogue_version": "1767225600000",
+        "next_cursor": "MjA6aXRlbXNAMTc2NzIyNTYwMDAwMA",
+        "cursor_reset": False,
+        "scanned": 20,
+    }]})
+
+    items: list[CatalogueItem] = Field(description="cheapest first, then by item id")
+    catalogue_version: str | None = Field(description="null until a catalogue is published")
+    next_cursor: str | None = Field(description="pass as ?cursor= (with the same filters) for the next page")
+    cursor_reset: bool = Field(description="the cursor's catalogue was replaced: this page starts again at 0")
+    scanned: int = Field(description="candidates read for this page (at most 2000 with a text query)")
+
+
+# Parameters of the feed endpoints, which read the query by hand (see app.py).
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _path(name: str, example: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "example": example,
+            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LEN, "title": name}}
+
+
+LIMIT_PARAM = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+                     "items per page")
+CURSOR_PARAM = _query("cursor", {"type": "string", "maxLength": MAX_CURSOR_LEN},
+                      "`next_cursor` of the previous page")
+USER_FEED_PARAMS = [_path("user_id", "u42"), LIMIT_PARAM, CURSOR_PARAM]
+SEGMENT_FEED_PARAMS = [_path("segment", "F|25-34|comedy"), LIMIT_PARAM, CURSOR_PARAM]
