@@ -3,7 +3,7 @@ CREATE TABLE IF NOT EXISTS feedloop.served_feeds (
   feed_id       STRING,
   user_id       STRING,
   segment       STRING,
-  source        STRING COMMENT 'user|segment|trending',
+  source        STRING COMMENT 'user|segment|trending|popular',
   model_version STRING,
   items         ARRAY<STRING>,
   served_at     BIGINT
