@@ -52,10 +52,12 @@ PUBLISHED = [
 
 # The two-tower settings for this data set (the daily DAG uses feedloop.settings' ModelSettings).
 TWO_TOWER = {
-    "config": {"embedding_dim": 64, "hash_buckets": 20_000, "temperature": 0.1, "id_dropout": 0.1,
+    "config": {"embedding_dim": 64, "hash_buckets": 200_000, "temperature": 0.05, "id_dropout": 0.1,
                "segment_part_dropout": 0.1, "history_length": 200, "history_dropout": 0.5,
-               "uniform_negatives": 1024, "hidden_units": 256, "seed": 7},
-    "epochs": 20, "batch_size": 1024, "learning_rate": 0.1, "final_learning_rate": 0.02,
+               "history_pooling": "mean", "user_id_dropout": 1.0, "uniform_negatives": 1024, "hidden_units": 256,
+               "hidden_layers": 1, "head_dropout": 0.3, "optimizer": "adam", "weight_decay": 0.0,
+               "average_epochs": 6, "seed": 7},
+    "epochs": 14, "batch_size": 1024, "learning_rate": 0.002, "final_learning_rate": 0.002,
 }
 ALS_GRID = [  # (rank, regParam, alpha)
     {"rank": 64, "regParam": 0.1, "alpha": 1.0},
@@ -162,6 +164,7 @@ def als(train, holdout, catalogue, grid=ALS_GRID) -> tuple[dict, dict]:
     spark = (SparkSession.builder.master("local[2]").appName("bench-quality-als")
              .config("spark.sql.catalogImplementation", "in-memory").config("spark.ui.enabled", "false")
              .config("spark.driver.memory", "1g").config("spark.sql.shuffle.partitions", "4")
+             .config("spark.ui.showConsoleProgress", "false")
              .getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     try:

@@ -410,7 +410,7 @@ class TwoTower:
             self._optimizer.learning_rate.assign(float(schedule[epoch - 1]))
             started, total, steps = time.perf_counter(), tf.constant(0.0), 0
             for batch in dataset:
-                total += step(batch)
+                total += step(batch)  # no sync with the device: the loss is read once per epoch
                 steps += 1
             losses.append(float(total) / steps)
             elapsed = time.perf_counter() - started
@@ -475,7 +475,7 @@ class TwoTower:
         }
 
     def _train_step(self, t: dict):
-        """A compiled step on integer batches; creates ``self._optimizer``."""
+        """A compiled training step on integer batches; creates ``self._optimizer``."""
         cfg = self.config
         query_tower, item_tower = self.query_tower, self.item_tower
         variables = query_tower.trainable_variables + item_tower.trainable_variables
@@ -488,7 +488,7 @@ class TwoTower:
         def dropped(shape, rate):
             return seed.uniform(shape) < rate
 
-        @tf.function(jit_compile=False, reduce_retracing=True)
+        @tf.function(reduce_retracing=True)
         def step(batch):
             user_rows, item_rows, weight = batch["user_row"], batch["item_row"], batch["weight"]
             rows = tf.shape(user_rows)[0]
