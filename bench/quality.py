@@ -56,7 +56,7 @@ TWO_TOWER = {
                "segment_part_dropout": 0.1, "history_length": 200, "history_dropout": 0.5,
                "history_pooling": "mean", "user_id_dropout": 1.0, "uniform_negatives": 1024, "hidden_units": 256,
                "hidden_layers": 1, "head_dropout": 0.3, "optimizer": "adam", "weight_decay": 0.0,
-               "average_epochs": 6, "seed": 7},
+               "average_epochs": 6, "log_q_weight": 2.0, "seed": 7},
     "epochs": 14, "batch_size": 1024, "learning_rate": 0.002, "final_learning_rate": 0.002,
 }
 ALS_GRID = [  # (rank, regParam, alpha)

@@ -66,7 +66,9 @@ class TowerConfig:
     ``optimizer``: ``adagrad`` or ``adam`` (both update embedding rows sparsely);
     ``weight_decay``: L2 coefficient on the summed loss, on the embedding rows a
     step uses and on the dense weights. ``average_epochs``: the trained weights are
-    the mean of the last N epochs' (0: the last epoch's).
+    the mean of the last N epochs' (0: the last epoch's). ``log_q_weight``: scale of
+    the logQ correction (1: the textbook correction; on ML-100K 2 ranks best, see
+    docs/model.md).
     """
 
     embedding_dim: int = 32
@@ -85,6 +87,7 @@ class TowerConfig:
     optimizer: str = "adagrad"
     weight_decay: float = 0.0
     average_epochs: int = 0
+    log_q_weight: float = 1.0
     seed: int = 7
 
     @classmethod
@@ -504,7 +507,7 @@ class TwoTower:
             item = tf.gather(t["item_bucket"], candidates)
             item = tf.where(dropped(tf.shape(item), cfg.id_dropout), tf.zeros_like(item), item)
             category = tf.gather(t["item_category"], candidates)
-            log_q = tf.gather(t["log_q"], candidates)
+            log_q = tf.gather(t["log_q"], candidates) * cfg.log_q_weight
             labels = candidate_slot[:rows]
             # each user's history once per batch: the kept (not dropped) items, less the example's own item
             batch_users, user_slot = tf.unique(user_rows)
