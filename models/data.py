@@ -136,23 +136,75 @@ def top_k(scores: np.ndarray, exclude: Sequence[np.ndarray] | None, k: int) -> n
 
 
 def ranking_metrics(ranked: np.ndarray, relevant: Sequence[np.ndarray], k: int = 10) -> dict[str, float]:
-    """Mean ``recall@k`` and ``ndcg@k`` (binary relevance) over users with at least one relevant item.
+    """Mean ranking metrics at ``k`` (binary relevance) over users with at least one relevant item.
 
-    recall@k = hits in the top k / number of relevant items;
-    ndcg@k = DCG of the top k / DCG of an ideal ranking of min(k, relevant) hits.
+    For a user with relevant set R and top-k list with hit flags h_1..h_k:
+
+    * ``recall@k`` = hits / |R|;
+    * ``precision@k`` = hits / k;
+    * ``ndcg@k`` = sum(h_i / log2(i + 1)) / the same sum for an ideal list of min(k, |R|) hits;
+    * ``map@k`` = sum(h_i * precision@i) / min(k, |R|): average precision at k, normalised
+      as Microsoft Recommenders' ``map_at_k`` (and Spark's ``meanAveragePrecisionAt``);
+    * ``map@k_by_relevant`` = the same sum / |R|: Recommenders' older ``map``, the
+      normalisation behind the MAP figures of their published benchmark tables.
+
+    Returns ``recall{k}, precision{k}, ndcg{k}, map{k}, map{k}_by_relevant, eval_users``.
     """
+    names = (f"recall{k}", f"precision{k}", f"ndcg{k}", f"map{k}", f"map{k}_by_relevant")
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    recalls, ndcgs = [], []
+    positions = np.arange(1, k + 1)
+    rows = []
     for row, rel in zip(ranked, relevant):
         if len(rel) == 0:
             continue
-        hits = np.isin(row[:k], rel)
-        recalls.append(hits.sum() / len(rel))
+        hits = np.isin(row[:k], rel).astype(np.float64)
+        n_hits = hits.sum()
         ideal = discounts[: min(k, len(rel))].sum()
-        ndcgs.append(float((hits * discounts[: len(hits)]).sum() / ideal))
-    if not recalls:
-        return {f"recall{k}": 0.0, f"ndcg{k}": 0.0, "eval_users": 0}
-    return {f"recall{k}": float(np.mean(recalls)), f"ndcg{k}": float(np.mean(ndcgs)), "eval_users": len(recalls)}
+        precision_at = np.cumsum(hits) / positions[: len(hits)]
+        average_precision = float((hits * precision_at).sum())
+        rows.append((n_hits / len(rel), n_hits / k, float((hits * discounts[: len(hits)]).sum() / ideal),
+                     average_precision / min(k, len(rel)), average_precision / len(rel)))
+    if not rows:
+        return {**dict.fromkeys(names, 0.0), "eval_users": 0}
+    means = np.mean(np.asarray(rows), axis=0)
+    return {**{name: float(value) for name, value in zip(names, means)}, "eval_users": len(rows)}
+
+
+def random_split(pairs: pd.DataFrame, holdout_share: float = 0.25, seed: int = 42
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, holdout): a seeded random ``holdout_share`` of each user's pairs is held out.
+
+    Each user keeps ``round(n * (1 - holdout_share))`` pairs for training (at least
+    one), so every user with two or more pairs has a holdout. The evaluation
+    protocol of ``../shared/data/README.md`` (random 75/25 per user).
+    """
+    if not 0.0 < holdout_share < 1.0:
+        raise ValueError(f"holdout_share must be in (0, 1), got {holdout_share}")
+    rng = np.random.default_rng(seed)
+    shuffled = pairs.iloc[rng.permutation(len(pairs))]
+    rank = shuffled.groupby("user_id", sort=False).cumcount().to_numpy()
+    size = shuffled.groupby("user_id", sort=False)["user_id"].transform("size").to_numpy()
+    keep = np.maximum(np.round(size * (1.0 - holdout_share)), 1)
+    in_train = rank < keep
+    train = shuffled[in_train].sort_index().reset_index(drop=True)
+    holdout = shuffled[~in_train].sort_index().reset_index(drop=True)
+    return train, holdout
+
+
+def recent_histories(pairs: pd.DataFrame, user_ids: Sequence[str], length: int) -> list[list[str]]:
+    """Each user's ``length`` most recent items in ``pairs`` (latest ``ts`` first; ``[]`` if none).
+
+    Ties on ``ts`` (or no ``ts`` column: row order) keep the later row first. The
+    query tower's ``history`` input.
+    """
+    if length <= 0 or pairs.empty:
+        return [[] for _ in user_ids]
+    ordered = pairs[::-1]
+    if "ts" in pairs:
+        ordered = ordered.sort_values("ts", ascending=False, kind="stable")
+    latest = ordered.drop_duplicates(["user_id", "item_id"]).groupby("user_id", sort=False).head(length)
+    grouped = latest.groupby("user_id", sort=False)["item_id"].agg(list).to_dict()
+    return [[str(i) for i in grouped.get(u, ())] for u in user_ids]
 
 
 def popularity_scores(train: pd.DataFrame, item_ids: Sequence[str]) -> np.ndarray:

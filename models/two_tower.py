@@ -1,23 +1,30 @@
 """The two-tower retrieval model: query tower, item tower, in-batch softmax loss, training, scoring.
 
-Query tower inputs: ``user_id`` and ``segment`` (``gender|age band|top interest``,
-from :mod:`feature_store.segments`). Item tower inputs: ``item_id`` and
-``category``. Every string is hashed (``keras.layers.Hashing``), so unseen users
-and items need no vocabulary; an empty user or item id contributes a zero vector,
-which is the cold-start (feature-only) representation. Training drops ids and
-segment parts at random so that representation, and the coarser ``any`` segments
-used as feed fallbacks, are learned too.
+Query tower inputs: ``user_id``, ``segment`` (``gender|age band|top interest``,
+from :mod:`feature_store.segments`) and ``history`` (the user's most recent
+positive item ids, latest first). Item tower inputs: ``item_id`` and
+``category`` (one category, or several joined by ``|``, e.g. a film's genres).
+Every string is hashed (``keras.layers.Hashing``), so unseen users and items need
+no vocabulary; an empty user id, item id or history contributes a zero vector,
+which is the cold-start (feature-only) representation. Training drops ids,
+histories and segment parts at random so that representation, and the coarser
+``any`` segments used as feed fallbacks, are learned too.
 
-Importing this module imports TensorFlow (~12 s): only ``models.train`` and
-``models.publish`` do, inside their entry points.
+Training hashes every string once, then runs a compiled step on integer indices
+only: sparse (row-wise) Adagrad on the embedding tables, each user's history
+pooled once per batch, and optional uniformly sampled negatives mixed with the
+in-batch ones (both logQ-corrected). See ``docs/model.md``.
+
+Importing this module imports TensorFlow (~12 s): only ``models.train``,
+``models.publish`` and ``bench.quality`` do, inside their entry points.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -34,18 +41,53 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILES = {"query_tower": "query_tower.weights.h5", "item_tower": "item_tower.weights.h5"}
 FEATURE_BUCKETS = 1024  # gender, age band, interest, category: small vocabularies, few collisions
 SEGMENT_PARTS = 3
+CATEGORY_PARTS = 6  # a category string may list several, "|"-separated (ML-100K films have up to 6 genres)
+CATEGORY_SEPARATOR = "|"
 NO_ID = ""
+HISTORY_SEPARATOR = " "  # the pyfunc's optional ``history`` column, when given as one string
+ADAGRAD_INITIAL_ACCUMULATOR = 0.1
+ADAGRAD_EPSILON = 1e-7
 
 
 @dataclass(frozen=True)
 class TowerConfig:
-    """Everything needed to rebuild the towers before loading their weights."""
+    """Everything needed to rebuild the towers before loading their weights, plus training knobs.
+
+    ``history_length``: how many recent items feed the query tower (0: none).
+    ``history_dropout``: share of history items dropped per training step (denoising);
+    ``history_pooling``: ``mean`` or ``sqrt`` (sum / sqrt(items)) of their embeddings.
+    ``id_dropout``: share of examples trained as cold start (no user id and no
+    history; items: no item id). ``user_id_dropout``: share of the other examples
+    trained without their user id (history only; 1.0: the user id is never used).
+    ``uniform_negatives``: items sampled uniformly from the training catalogue per
+    step, added to the in-batch negatives. ``hidden_units``: width of each tower's
+    hidden ReLU layer (0: 2 x embedding_dim); ``hidden_layers``: how many;
+    ``head_dropout``: dropout on each tower's features and hidden units in training.
+    ``optimizer``: ``adagrad`` or ``adam`` (both update embedding rows sparsely);
+    ``weight_decay``: L2 coefficient on the summed loss, on the embedding rows a
+    step uses and on the dense weights. ``average_epochs``: the trained weights are
+    the mean of the last N epochs' (0: the last epoch's). ``log_q_weight``: scale of
+    the logQ correction (1: the textbook correction; on ML-100K 2 ranks best, see
+    docs/model.md).
+    """
 
     embedding_dim: int = 32
     hash_buckets: int = 100_000
     temperature: float = 0.05
     id_dropout: float = 0.1
     segment_part_dropout: float = 0.1
+    history_length: int = 50
+    history_dropout: float = 0.2
+    history_pooling: str = "mean"
+    user_id_dropout: float = 0.0
+    uniform_negatives: int = 0
+    hidden_units: int = 0
+    hidden_layers: int = 1
+    head_dropout: float = 0.0
+    optimizer: str = "adagrad"
+    weight_decay: float = 0.0
+    average_epochs: int = 0
+    log_q_weight: float = 1.0
     seed: int = 7
 
     @classmethod
@@ -56,121 +98,265 @@ class TowerConfig:
             temperature=model_settings.temperature,
         )
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object]) -> "TowerConfig":
+        """Config from a saved dict; unknown keys (from another version) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
-# ------------------------------------------------------------------ layers
-class FeatureDropout(keras.layers.Layer):
-    """In training, replaces each string with ``replacement`` with probability ``rate``."""
 
-    def __init__(self, rate: float, replacement: str, seed: int = 0, **kwargs):
+# ------------------------------------------------------------------ towers
+def _masked_mean(vectors, mask):
+    """Mean of ``vectors [B, n, d]`` over the entries where ``mask [B, n]``; zero when none."""
+    mask = tf.cast(mask, vectors.dtype)
+    total = tf.reduce_sum(vectors * mask[..., tf.newaxis], axis=1)
+    return total / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+
+
+def pool(total, count, pooling: str):
+    """Pooled history from the sum of its ``count`` vectors: ``mean`` or ``sqrt`` (sum / sqrt(count))."""
+    count = tf.maximum(count, 1.0)
+    return total / (tf.sqrt(count) if pooling == "sqrt" else count)
+
+
+class Head(keras.layers.Layer):
+    """Concatenated features -> hidden ReLU -> linear -> unit vector."""
+
+    def __init__(self, dim: int, hidden: int, layers: int = 1, dropout: float = 0.0, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
-        self.rate = rate
-        self.replacement = replacement
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.hidden = [keras.layers.Dense(hidden, activation="relu", name=f"hidden{n or ''}") for n in range(layers)]
+        self.out = keras.layers.Dense(dim, name="out")
+        self.dropout = keras.layers.Dropout(dropout, seed=seed) if dropout > 0 else None
 
-    def call(self, values, training=None):
-        if not training or self.rate <= 0:
-            return values
-        drop = keras.random.uniform(tf.shape(values), seed=self.seed_generator) < self.rate
-        return tf.where(drop, tf.constant(self.replacement), values)
-
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate, "replacement": self.replacement, "seed": self.seed}
+    def call(self, features, training=False):
+        for layer in self.hidden:
+            if self.dropout is not None:
+                features = self.dropout(features, training=training)
+            features = layer(features)
+        return tf.math.l2_normalize(self.out(features), axis=-1)
 
 
-class IdEmbedding(keras.layers.Layer):
-    """Hashed id -> embedding; the empty id maps to a zero vector (no id: features only)."""
+class QueryTower(keras.Model):
+    """``{user_id [B], segment [B], history [B, history_length]}`` -> unit query vectors ``[B, dim]``.
 
-    def __init__(self, buckets: int, dim: int, **kwargs):
-        super().__init__(**kwargs)
-        self.buckets = buckets
-        self.dim = dim
-        self.hashing = keras.layers.Hashing(num_bins=buckets, mask_value=NO_ID)
-        self.embedding = keras.layers.Embedding(buckets, dim)
+    :meth:`call` takes strings; training calls :meth:`indices` once on the whole
+    data set and :meth:`encode` on integer indices in every step.
+    """
 
-    def call(self, ids):
-        known = tf.cast(tf.not_equal(ids, NO_ID), self.compute_dtype)[..., None]
-        return self.embedding(self.hashing(ids)) * known
+    def __init__(self, config: TowerConfig, **kwargs):
+        super().__init__(name="query_tower", **kwargs)
+        dim, small = config.embedding_dim, max(4, config.embedding_dim // 4)
+        self.history_length = config.history_length
+        self.history_pooling = config.history_pooling
+        self.id_hash = keras.layers.Hashing(num_bins=config.hash_buckets, mask_value=NO_ID, name="id_hash")
+        self.part_hash = keras.layers.Hashing(num_bins=FEATURE_BUCKETS, name="part_hash")
+        self.user_embedding = keras.layers.Embedding(config.hash_buckets, dim, name="user_id_emb")
+        self.gender_embedding = keras.layers.Embedding(FEATURE_BUCKETS, small, name="gender_emb")
+        self.age_band_embedding = keras.layers.Embedding(FEATURE_BUCKETS, small, name="age_band_emb")
+        self.interest_embedding = keras.layers.Embedding(FEATURE_BUCKETS, dim // 2, name="interest_emb")
+        self.history_embedding = keras.layers.Embedding(config.hash_buckets, dim, name="history_emb")
+        self.head = Head(dim, config.hidden_units or 2 * dim, config.hidden_layers, config.head_dropout, config.seed,
+                         name="query_head")
+        self.any_parts = self.part_hash(tf.constant([ANY] * SEGMENT_PARTS))  # what a dropped segment part becomes
+        self(self.empty_inputs(1))  # build
 
-    def get_config(self):
-        return {**super().get_config(), "buckets": self.buckets, "dim": self.dim}
+    def empty_inputs(self, n: int) -> dict[str, tf.Tensor]:
+        return {"user_id": tf.constant([NO_ID] * n), "segment": tf.constant(["|".join([ANY] * SEGMENT_PARTS)] * n),
+                "history": tf.fill([n, max(self.history_length, 1)], NO_ID)}
 
+    def indices(self, inputs):
+        """(user bucket [B], segment part buckets [B, 3], history buckets [B, L]); bucket 0 = no id."""
+        segments = tf.strings.lower(tf.strings.strip(inputs["segment"]))
+        parts = tf.strings.split(segments, sep="|").to_tensor(default_value=ANY, shape=[None, SEGMENT_PARTS])
+        return self.id_hash(inputs["user_id"]), self.part_hash(parts), self.id_hash(inputs["history"])
 
-class Normalise(keras.layers.Layer):
-    """Lower-case and strip strings, so ``Comedy `` and ``comedy`` hash alike."""
+    def pool_history(self, history):
+        """Pooled embedding of the known history buckets ``[B, L]`` (zero for an empty history)."""
+        known = tf.cast(tf.not_equal(history, 0), self.compute_dtype)
+        total = tf.reduce_sum(self.history_embedding(history) * known[..., tf.newaxis], axis=1)
+        return pool(total, tf.reduce_sum(known, axis=1, keepdims=True), self.history_pooling)
 
-    def call(self, values):
-        return tf.strings.lower(tf.strings.strip(values))
+    def encode(self, user, parts, history_vector, training=False):
+        known = tf.cast(tf.not_equal(user, 0), self.compute_dtype)[:, tf.newaxis]
+        features = tf.concat([
+            self.user_embedding(user) * known,
+            self.gender_embedding(parts[:, 0]),
+            self.age_band_embedding(parts[:, 1]),
+            self.interest_embedding(parts[:, 2]),
+            history_vector,
+        ], axis=-1)
+        return self.head(features, training=training)
 
-
-class SegmentParts(keras.layers.Layer):
-    """``"F|25-34|comedy"`` -> ``[batch, 3]`` strings, missing parts ``any``."""
-
-    def call(self, segments):
-        parts = tf.strings.split(tf.strings.lower(tf.strings.strip(segments)), sep="|")
-        return parts.to_tensor(default_value=ANY, shape=[None, SEGMENT_PARTS])
-
-
-def _embed(values, buckets: int, dim: int, name: str):
-    hashed = keras.layers.Hashing(num_bins=buckets, name=f"{name}_hash")(values)
-    return keras.layers.Embedding(buckets, dim, name=f"{name}_emb")(hashed)
-
-
-def _head(features, dim: int, name: str):
-    hidden = keras.layers.Dense(2 * dim, activation="relu", name=f"{name}_hidden")(features)
-    out = keras.layers.Dense(dim, name=f"{name}_out")(hidden)
-    return keras.layers.UnitNormalization(name=f"{name}_l2")(out)
-
-
-def build_query_tower(config: TowerConfig) -> keras.Model:
-    """``{user_id, segment}`` -> unit query vector."""
-    dim, small = config.embedding_dim, max(4, config.embedding_dim // 4)
-    user_id = keras.Input(shape=(), dtype="string", name="user_id")
-    segment = keras.Input(shape=(), dtype="string", name="segment")
-    ids = FeatureDropout(config.id_dropout, NO_ID, config.seed, name="user_id_dropout")(user_id)
-    parts = SegmentParts(name="segment_parts")(segment)
-    parts = FeatureDropout(config.segment_part_dropout, ANY, config.seed + 1, name="segment_dropout")(parts)
-    gender, band, interest = (parts[:, i] for i in range(SEGMENT_PARTS))
-    features = keras.layers.Concatenate(name="query_features")([
-        IdEmbedding(config.hash_buckets, dim, name="user_id_emb")(ids),
-        _embed(gender, FEATURE_BUCKETS, small, "gender"),
-        _embed(band, FEATURE_BUCKETS, small, "age_band"),
-        _embed(interest, FEATURE_BUCKETS, dim // 2, "interest"),
-    ])
-    return keras.Model({"user_id": user_id, "segment": segment}, _head(features, dim, "query"), name="query_tower")
+    def call(self, inputs, training=False):
+        user, parts, history = self.indices(inputs)
+        return self.encode(user, parts, self.pool_history(history), training)
 
 
-def build_item_tower(config: TowerConfig) -> keras.Model:
-    """``{item_id, category}`` -> unit item vector."""
-    dim = config.embedding_dim
-    item_id = keras.Input(shape=(), dtype="string", name="item_id")
-    category = keras.Input(shape=(), dtype="string", name="category")
-    ids = FeatureDropout(config.id_dropout, NO_ID, config.seed + 2, name="item_id_dropout")(item_id)
-    features = keras.layers.Concatenate(name="item_features")([
-        IdEmbedding(config.hash_buckets, dim, name="item_id_emb")(ids),
-        _embed(Normalise(name="category_norm")(category), FEATURE_BUCKETS, dim // 2, "category"),
-    ])
-    return keras.Model({"item_id": item_id, "category": category}, _head(features, dim, "item"), name="item_tower")
+class ItemTower(keras.Model):
+    """``{item_id [B], category [B]}`` -> unit item vectors ``[B, dim]``."""
+
+    def __init__(self, config: TowerConfig, **kwargs):
+        super().__init__(name="item_tower", **kwargs)
+        dim = config.embedding_dim
+        self.id_hash = keras.layers.Hashing(num_bins=config.hash_buckets, mask_value=NO_ID, name="id_hash")
+        self.category_hash = keras.layers.Hashing(num_bins=FEATURE_BUCKETS, mask_value=NO_ID, name="category_hash")
+        self.item_embedding = keras.layers.Embedding(config.hash_buckets, dim, name="item_id_emb")
+        self.category_embedding = keras.layers.Embedding(FEATURE_BUCKETS, dim // 2, name="category_emb")
+        self.head = Head(dim, config.hidden_units or 2 * dim, config.hidden_layers, config.head_dropout,
+                         config.seed + 1, name="item_head")
+        self({"item_id": tf.constant([NO_ID]), "category": tf.constant([ANY])})  # build
+
+    def indices(self, inputs):
+        """(item bucket [B], category buckets [B, CATEGORY_PARTS]); bucket 0 = none."""
+        categories = tf.strings.lower(tf.strings.strip(inputs["category"]))
+        parts = tf.strings.strip(tf.strings.split(categories, sep=CATEGORY_SEPARATOR))
+        parts = parts.to_tensor(default_value=NO_ID, shape=[None, CATEGORY_PARTS])
+        return self.id_hash(inputs["item_id"]), self.category_hash(parts)
+
+    def encode(self, item, categories, training=False):
+        known = tf.cast(tf.not_equal(item, 0), self.compute_dtype)[:, tf.newaxis]
+        category = _masked_mean(self.category_embedding(categories), tf.not_equal(categories, 0))
+        return self.head(tf.concat([self.item_embedding(item) * known, category], axis=-1), training=training)
+
+    def call(self, inputs, training=False):
+        return self.encode(*self.indices(inputs), training)
 
 
 # ------------------------------------------------------------------ loss
-def in_batch_softmax_loss(query, candidate, log_q, weight, item_ids, temperature: float):
-    """Weighted in-batch sampled softmax with logQ correction; the one place the loss is defined.
+def in_batch_softmax_loss(query, candidate, log_q, weight, item_ids, temperature: float, labels=None):
+    """Weighted sampled softmax with logQ correction; the one place the loss is defined.
 
-    Row i's positive is candidate i; every other candidate in the batch is a
-    negative. Popular items are over-sampled as negatives, so each logit is
-    corrected by ``-log q(item)``; other rows holding the same item (accidental
-    hits) are not counted as negatives.
+    ``query`` is ``[B, d]``, ``candidate`` ``[C, d]``: the batch's positives and,
+    during training, extra uniformly sampled negatives. Row i's positive is
+    candidate ``labels[i]``; every other candidate is a negative. Candidates were
+    sampled with popular items more often, so each logit is corrected by
+    ``-log_q`` of its column (the log of how likely that item was to be a
+    candidate).
+
+    ``labels=None``: candidate i is row i's positive, and the same item may appear
+    in several columns; those other columns (accidental hits) are not counted as
+    row i's negatives. With ``labels``, the candidates must be distinct items
+    (training deduplicates them), so there are no accidental hits to mask.
+    ``item_ids`` (``[C]``, strings or integer keys) identify the candidates' items.
     """
+    if labels is not None:
+        # temperature and correction folded into one matmul: [q / T, 1] . [c, -log q]
+        ones = tf.ones_like(query[:, :1])
+        logits = tf.matmul(tf.concat([query / temperature, ones], axis=1),
+                           tf.concat([candidate, -log_q[:, tf.newaxis]], axis=1), transpose_b=True)
+        per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=logits)
+        return tf.reduce_sum(per_row * weight) / tf.reduce_sum(weight)
     logits = tf.matmul(query, candidate, transpose_b=True) / temperature
     logits = logits - log_q[tf.newaxis, :]
-    item_keys = tf.strings.to_hash_bucket_fast(item_ids, 2**62)  # string compares are ~25x slower
-    same_item = tf.equal(item_keys[:, tf.newaxis], item_keys[tf.newaxis, :])
-    not_self = tf.logical_not(tf.eye(tf.shape(item_ids)[0], dtype=tf.bool))
+    if item_ids.dtype == tf.string:
+        item_ids = tf.strings.to_hash_bucket_fast(item_ids, 2**62)  # string compares are ~25x slower
+    rows, columns = tf.shape(query)[0], tf.shape(candidate)[0]
+    same_item = tf.equal(item_ids[:rows, tf.newaxis], item_ids[tf.newaxis, :])
+    not_self = tf.logical_not(tf.eye(rows, columns, dtype=tf.bool))
     logits = tf.where(tf.logical_and(same_item, not_self), tf.constant(-1e9, logits.dtype), logits)
-    labels = tf.range(tf.shape(logits)[0])
-    per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.range(rows), logits=logits)
     return tf.reduce_sum(per_row * weight) / tf.reduce_sum(weight)
+
+
+def sampling_log_q(item_counts: np.ndarray, batch_size: int, uniform_negatives: int) -> np.ndarray:
+    """log P(item is among a training step's candidates), the logQ correction of each item.
+
+    A step's candidates are the distinct items of ``batch_size`` positives, drawn
+    with q(item) = count / total, plus ``uniform_negatives`` items drawn uniformly:
+    P = 1 - (1 - q)^batch_size * (1 - 1/items)^uniform_negatives. For rare items
+    this is about ``batch_size * q``: the in-batch logQ correction up to a constant.
+    """
+    counts = np.asarray(item_counts, dtype=np.float64)
+    q = counts / counts.sum()
+    log_missed = batch_size * np.log1p(-np.minimum(q, 1 - 1e-12)) + uniform_negatives * np.log1p(-1 / max(len(q), 2))
+    return np.log(np.maximum(-np.expm1(log_missed), 1e-12)).astype(np.float32)
+
+
+# ------------------------------------------------------------------ optimiser
+def _tf_variable(variable) -> tf.Variable:
+    """The ``tf.Variable`` behind a Keras variable (the raw training ops need its handle)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def _row_gradient(grad: tf.IndexedSlices, var, weight_decay: float):
+    """(distinct rows, their summed gradient + weight_decay * row): L2 only on the rows in use."""
+    rows, position = tf.unique(grad.indices)
+    values = tf.math.unsorted_segment_sum(grad.values, position, tf.shape(rows)[0])
+    if weight_decay:
+        values += weight_decay * tf.gather(var, rows)
+    return rows, values
+
+
+class SparseAdagrad:
+    """Adagrad that updates only the rows an ``IndexedSlices`` gradient touches.
+
+    Keras' optimisers densify embedding gradients: every step would rewrite all
+    ``hash_buckets`` rows of every table and its accumulator. Same update rule as
+    ``keras.optimizers.Adagrad`` (initial accumulator 0.1, epsilon 1e-7).
+    """
+
+    def __init__(self, variables, learning_rate: float, weight_decay: float = 0.0):
+        self.variables = [_tf_variable(v) for v in variables]
+        self.learning_rate = tf.Variable(float(learning_rate), trainable=False, dtype=tf.float32)
+        self.weight_decay = weight_decay
+        self.accumulators = [
+            tf.Variable(tf.fill(v.shape, ADAGRAD_INITIAL_ACCUMULATOR), trainable=False) for v in self.variables
+        ]
+
+    def apply(self, gradients) -> None:
+        lr = self.learning_rate
+        for grad, var, acc in zip(gradients, self.variables, self.accumulators):
+            if grad is None:
+                continue
+            if isinstance(grad, tf.IndexedSlices):
+                rows, values = _row_gradient(grad, var, self.weight_decay)
+                tf.raw_ops.ResourceSparseApplyAdagradV2(var=var.handle, accum=acc.handle, lr=lr,
+                                                       epsilon=ADAGRAD_EPSILON, grad=values, indices=rows)
+            else:
+                tf.raw_ops.ResourceApplyAdagradV2(var=var.handle, accum=acc.handle, lr=lr, epsilon=ADAGRAD_EPSILON,
+                                                  grad=grad + self.weight_decay * var if self.weight_decay else grad)
+
+
+class SparseAdam:
+    """Lazy Adam: moments and weights change only in the rows a sparse gradient touches.
+
+    Dense gradients (the towers' dense layers) get plain Adam. The bias correction
+    uses the global step, as ``tfa.optimizers.LazyAdam`` does.
+    """
+
+    def __init__(self, variables, learning_rate: float, weight_decay: float = 0.0, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-7):
+        self.variables = [_tf_variable(v) for v in variables]
+        self.weight_decay = weight_decay
+        self.learning_rate = tf.Variable(float(learning_rate), trainable=False, dtype=tf.float32)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        self.iterations = tf.Variable(0.0, trainable=False)
+        self.moments = [(tf.Variable(tf.zeros(v.shape), trainable=False), tf.Variable(tf.zeros(v.shape),
+                         trainable=False)) for v in self.variables]
+
+    def apply(self, gradients) -> None:
+        step = self.iterations.assign_add(1.0)
+        b1, b2 = self.beta_1, self.beta_2
+        b1_power, b2_power = tf.pow(b1, step), tf.pow(b2, step)
+        lr = self.learning_rate * tf.sqrt(1.0 - b2_power) / (1.0 - b1_power)
+        for grad, var, (m, v) in zip(gradients, self.variables, self.moments):
+            if grad is None:
+                continue
+            if isinstance(grad, tf.IndexedSlices):
+                rows, values = _row_gradient(grad, var, self.weight_decay)
+                m_rows = b1 * tf.gather(m, rows) + (1.0 - b1) * values
+                v_rows = b2 * tf.gather(v, rows) + (1.0 - b2) * tf.square(values)
+                m.scatter_update(tf.IndexedSlices(m_rows, rows))
+                v.scatter_update(tf.IndexedSlices(v_rows, rows))
+                var.scatter_sub(tf.IndexedSlices(lr * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows))
+            else:
+                tf.raw_ops.ResourceApplyAdam(var=var.handle, m=m.handle, v=v.handle, beta1_power=b1_power,
+                                             beta2_power=b2_power, lr=self.learning_rate, beta1=b1, beta2=b2,
+                                             epsilon=self.epsilon,
+                                             grad=grad + self.weight_decay * var if self.weight_decay else grad)
+
+
+OPTIMIZERS = {"adagrad": SparseAdagrad, "adam": SparseAdam}
 
 
 # ------------------------------------------------------------------ model
@@ -180,8 +366,8 @@ class TwoTower:
     def __init__(self, config: TowerConfig):
         self.config = config
         keras.utils.set_random_seed(config.seed)  # same data and config -> same model
-        self.query_tower = build_query_tower(config)
-        self.item_tower = build_item_tower(config)
+        self.query_tower = QueryTower(config)
+        self.item_tower = ItemTower(config)
 
     # -- training ------------------------------------------------------
     def fit(
@@ -194,93 +380,221 @@ class TwoTower:
         learning_rate: float,
         on_epoch: Callable[[int, float, float], None] | None = None,
         log: Callable[[str], None] = print,
+        final_learning_rate: float | None = None,
     ) -> list[float]:
         """Train on weighted pairs; returns the mean loss of each epoch.
 
-        ``users`` are user features (:func:`models.data.user_features`), ``items``
-        the catalogue (:func:`models.data.catalogue`). ``on_epoch(epoch, loss,
-        examples_per_s)`` is called after each epoch.
+        ``train``: ``user_id, item_id, weight`` and optionally ``ts`` (orders the
+        histories: each user's ``history_length`` latest items, minus the example's
+        own item). ``users`` are user features (:func:`models.data.user_features`),
+        ``items`` the catalogue (:func:`models.data.catalogue`). ``on_epoch(epoch,
+        loss, examples_per_s)`` is called after each epoch. The learning rate
+        decays linearly to ``final_learning_rate`` over the epochs (default: constant).
         """
         if train.empty:
             raise ValueError("no training pairs")
-        examples = self._examples(train, users, items)
+        cfg = self.config
+        tensors = self._training_tensors(train, users, items, batch_size)
         n = len(train)
         dataset = (
-            tf.data.Dataset.from_tensor_slices(examples)
-            .shuffle(n, seed=self.config.seed, reshuffle_each_iteration=True)
+            tf.data.Dataset.from_tensor_slices(tensors.pop("pairs"))
+            .shuffle(n, seed=cfg.seed, reshuffle_each_iteration=True)
             .batch(batch_size)
             .prefetch(tf.data.AUTOTUNE)
         )
-        optimizer = keras.optimizers.Adagrad(learning_rate=learning_rate)
-        variables = self.query_tower.trainable_variables + self.item_tower.trainable_variables
-        temperature = self.config.temperature
-
-        @tf.function(reduce_retracing=True)
-        def train_step(batch):
-            with tf.GradientTape() as tape:
-                query = self.query_tower({"user_id": batch["user_id"], "segment": batch["segment"]}, training=True)
-                candidate = self.item_tower({"item_id": batch["item_id"], "category": batch["category"]}, training=True)
-                loss = in_batch_softmax_loss(query, candidate, batch["log_q"], batch["weight"], batch["item_id"],
-                                             temperature)
-            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-            return loss
-
+        step = self._train_step(tensors)
+        schedule = np.linspace(learning_rate, learning_rate if final_learning_rate is None else final_learning_rate,
+                               max(epochs, 1))
+        towers = (self.query_tower, self.item_tower)
+        average_from = epochs - min(cfg.average_epochs, epochs) + 1 if cfg.average_epochs > 0 else epochs + 1
+        averaged: list[list[np.ndarray]] | None = None
         losses = []
         for epoch in range(1, epochs + 1):
-            started, total, steps = time.perf_counter(), 0.0, 0
+            self._optimizer.learning_rate.assign(float(schedule[epoch - 1]))
+            started, total, steps = time.perf_counter(), tf.constant(0.0), 0
             for batch in dataset:
-                total += float(train_step(batch))
+                total += step(batch)  # no sync with the device: the loss is read once per epoch
                 steps += 1
+            losses.append(float(total) / steps)
             elapsed = time.perf_counter() - started
-            losses.append(total / steps)
             rate = n / elapsed if elapsed > 0 else float("inf")
             log(f"epoch {epoch}/{epochs}: loss {losses[-1]:.4f}, {steps} batches, {rate:,.0f} examples/s")
+            if epoch >= average_from:  # a running mean of the last epochs' weights
+                weights = [tower.get_weights() for tower in towers]
+                if averaged is None:
+                    averaged = weights
+                else:
+                    share = 1.0 / (epoch - average_from + 1)
+                    averaged = [[a + share * (w - a) for a, w in zip(aa, ww)] for aa, ww in zip(averaged, weights)]
             if on_epoch:
                 on_epoch(epoch, losses[-1], rate)
+        if averaged is not None and epochs > average_from:
+            for tower, weights in zip(towers, averaged):
+                tower.set_weights(weights)
+            log(f"weights: the mean of epochs {average_from}..{epochs}")
         return losses
 
-    @staticmethod
-    def _examples(train: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> dict[str, np.ndarray]:
-        categories = dict(zip(items["item_id"], items["category"]))
-        log_q = data.log_sampling_probability(train)
+    def _training_tensors(self, train: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame,
+                          batch_size: int) -> dict:
+        """Hash every string once: per-user and per-item index tables, and the pairs as integer rows."""
+        cfg = self.config
+        user_ids = pd.Index(pd.unique(train["user_id"].astype(str)))
+        item_ids = pd.Index(pd.unique(train["item_id"].astype(str)))
+        categories = dict(zip(items["item_id"].astype(str), items["category"]))
+        user_rows = user_ids.get_indexer(train["user_id"].astype(str))
+        item_rows = item_ids.get_indexer(train["item_id"].astype(str))
+
+        histories = data.recent_histories(train, list(user_ids), cfg.history_length)
+        lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+        history_splits = np.concatenate([[0], np.cumsum(lengths)])
+        history_values = item_ids.get_indexer([i for h in histories for i in h]).astype(np.int32)
+        # where each pair's own item sits in its user's history (-1: not there), to leave it out
+        owner = np.repeat(np.arange(len(user_ids)), lengths)
+        slots = pd.DataFrame({"u": owner, "i": history_values, "p": np.arange(len(owner)) - history_splits[owner]})
+        history_position = (pd.DataFrame({"u": user_rows, "i": item_rows}).merge(slots, on=["u", "i"], how="left")
+                            ["p"].fillna(-1).to_numpy(dtype=np.int32))
+
+        user, parts, _ = self.query_tower.indices({
+            "user_id": tf.constant(user_ids.to_numpy(dtype=str)),
+            "segment": tf.constant(data.segments_for(user_ids, users)),
+            "history": tf.fill([1, 1], NO_ID),
+        })
+        item, category = self.item_tower.indices({
+            "item_id": tf.constant(item_ids.to_numpy(dtype=str)),
+            "category": tf.constant([categories.get(i, ANY) for i in item_ids]),
+        })
+        counts = np.bincount(item_rows, minlength=len(item_ids))
         return {
-            "user_id": train["user_id"].astype(str).to_numpy(),
-            "segment": np.asarray(data.segments_for(train["user_id"], users)),
-            "item_id": train["item_id"].astype(str).to_numpy(),
-            "category": np.asarray([categories.get(i, ANY) for i in train["item_id"]]),
-            "log_q": train["item_id"].map(log_q).to_numpy(dtype=np.float32),
-            "weight": train["weight"].to_numpy(dtype=np.float32),
+            "pairs": {
+                "user_row": user_rows.astype(np.int32),
+                "item_row": item_rows.astype(np.int32),
+                "history_position": history_position,
+                "weight": train["weight"].to_numpy(dtype=np.float32),
+            },
+            "user_bucket": user, "user_parts": parts,
+            "history_values": tf.constant(history_values), "history_splits": tf.constant(history_splits),
+            "item_bucket": item, "item_category": category,
+            "log_q": tf.constant(sampling_log_q(counts, batch_size, cfg.uniform_negatives)),
         }
 
+    def _train_step(self, t: dict):
+        """A compiled training step on integer batches; creates ``self._optimizer``."""
+        cfg = self.config
+        query_tower, item_tower = self.query_tower, self.item_tower
+        variables = query_tower.trainable_variables + item_tower.trainable_variables
+        self._optimizer = optimizer = OPTIMIZERS[cfg.optimizer](variables, 0.0, cfg.weight_decay)
+        history_table = query_tower.history_embedding.embeddings
+        n_items = tf.shape(t["item_bucket"])[0]
+        any_parts = query_tower.any_parts
+        seed = tf.random.Generator.from_seed(cfg.seed)
+
+        def dropped(shape, rate):
+            return seed.uniform(shape) < rate
+
+        @tf.function(reduce_retracing=True)
+        def step(batch):
+            user_rows, item_rows, weight = batch["user_row"], batch["item_row"], batch["weight"]
+            rows = tf.shape(user_rows)[0]
+            # cold-start examples: no user id, no history (the item side: no item id)
+            cold = dropped([rows], cfg.id_dropout)
+            no_user_id = tf.logical_or(cold, dropped([rows], cfg.user_id_dropout))
+            user = tf.where(no_user_id, tf.zeros_like(user_rows, dtype=tf.int64), tf.gather(t["user_bucket"], user_rows))
+            parts = tf.gather(t["user_parts"], user_rows)
+            parts = tf.where(dropped(tf.shape(parts), cfg.segment_part_dropout), any_parts[tf.newaxis, :], parts)
+            # candidates: the batch's distinct items plus uniform negatives, each item once
+            negatives = seed.uniform_full_int([cfg.uniform_negatives], dtype=tf.int64) % tf.cast(n_items, tf.int64)
+            candidates, candidate_slot = tf.unique(tf.concat([tf.cast(item_rows, tf.int64), negatives], axis=0))
+            item = tf.gather(t["item_bucket"], candidates)
+            item = tf.where(dropped(tf.shape(item), cfg.id_dropout), tf.zeros_like(item), item)
+            category = tf.gather(t["item_category"], candidates)
+            log_q = tf.gather(t["log_q"], candidates) * cfg.log_q_weight
+            labels = candidate_slot[:rows]
+            # each user's history once per batch: the kept (not dropped) items, less the example's own item
+            batch_users, user_slot = tf.unique(user_rows)
+            starts = tf.gather(t["history_splits"], batch_users)
+            ranges = tf.ragged.range(starts, tf.gather(t["history_splits"], batch_users + 1))
+            history = tf.gather(t["history_values"], ranges.flat_values)
+            history_user = tf.cast(ranges.value_rowids(), tf.int32)
+            kept = tf.logical_not(dropped(tf.shape(history), cfg.history_dropout))
+            position = batch["history_position"]
+            own = tf.gather(ranges.row_splits, user_slot) + tf.cast(tf.maximum(position, 0), tf.int64)
+            own_kept = tf.logical_and(position >= 0, tf.gather(tf.concat([kept, [False]], 0), own))  # safe when empty
+            own_kept = tf.cast(own_kept, tf.float32)[:, tf.newaxis]
+            kept_f = tf.cast(kept, tf.float32)[:, tf.newaxis]
+            slots = tf.shape(batch_users)[0]
+            user_count = tf.math.unsorted_segment_sum(kept_f, history_user, slots)
+            with tf.GradientTape() as tape:
+                item_vectors = tf.gather(history_table.value, t["item_bucket"])  # [items, d]: one sparse gradient
+                user_sum = tf.math.unsorted_segment_sum(tf.gather(item_vectors, history) * kept_f, history_user, slots)
+                total = tf.gather(user_sum, user_slot) - own_kept * tf.gather(item_vectors, item_rows)
+                count = tf.gather(user_count, user_slot) - own_kept
+                history_vector = pool(total, count, cfg.history_pooling) * (1.0 - tf.cast(cold, tf.float32))[:, tf.newaxis]
+                if not cfg.history_length:
+                    history_vector = tf.zeros_like(history_vector)
+                query = query_tower.encode(user, parts, history_vector, training=True)
+                candidate = item_tower.encode(item, category, training=True)
+                loss = in_batch_softmax_loss(query, candidate, log_q, weight, candidates, cfg.temperature, labels)
+                # the summed loss (as TFRS' retrieval task): a row's gradient does not shrink as batches grow
+                summed = loss * tf.reduce_sum(weight)
+            optimizer.apply(tape.gradient(summed, variables))
+            return loss
+
+        return step
+
     # -- inference -----------------------------------------------------
-    def query_embeddings(self, user_ids, segments, batch_size: int = 8192) -> np.ndarray:
-        """Unit query vectors; pass ``""`` as user id for a segment-only (cold-start) query."""
-        return self._embed(self.query_tower, {"user_id": user_ids, "segment": segments}, batch_size)
+    def query_embeddings(self, user_ids, segments, histories: Sequence[Sequence[str]] | None = None,
+                         batch_size: int = 8192) -> np.ndarray:
+        """Unit query vectors; pass ``""`` as user id for a segment-only (cold-start) query.
+
+        ``histories``: each user's recent positive item ids, latest first
+        (:func:`models.data.recent_histories`); None: no history.
+        """
+        user_ids, segments = [str(u) for u in user_ids], [str(s) for s in segments]
+        length = max(self.config.history_length, 1)
+        history = np.full((len(user_ids), length), NO_ID, dtype=object)
+        if histories is not None and self.config.history_length > 0:
+            for row, items in enumerate(histories):
+                items = [str(i) for i in list(items)[:length]]
+                history[row, :len(items)] = items
+        return self._embed(self.query_tower, {"user_id": np.asarray(user_ids, dtype=object),
+                                              "segment": np.asarray(segments, dtype=object),
+                                              "history": history}, batch_size)
 
     def item_embeddings(self, item_ids, categories, batch_size: int = 8192) -> np.ndarray:
         """Unit item vectors."""
-        return self._embed(self.item_tower, {"item_id": item_ids, "category": categories}, batch_size)
+        return self._embed(self.item_tower, {"item_id": np.asarray([str(i) for i in item_ids], dtype=object),
+                                             "category": np.asarray([str(c) for c in categories], dtype=object)},
+                           batch_size)
 
-    @staticmethod
-    def _embed(tower: keras.Model, inputs: Mapping[str, object], batch_size: int) -> np.ndarray:
-        arrays = {name: np.asarray([str(v) for v in values], dtype=object) for name, values in inputs.items()}
+    def _embed(self, tower: keras.Model, arrays: Mapping[str, np.ndarray], batch_size: int) -> np.ndarray:
         n = len(next(iter(arrays.values())))
         if n == 0:
-            return np.zeros((0, tower.output_shape[-1]), dtype=np.float32)
+            return np.zeros((0, self.config.embedding_dim), dtype=np.float32)
         chunks = [
-            tower({k: tf.constant(v[start:start + batch_size]) for k, v in arrays.items()}, training=False).numpy()
+            tower({k: tf.constant(v[start:start + batch_size].astype(str)) for k, v in arrays.items()},
+                  training=False).numpy()
             for start in range(0, n, batch_size)
         ]
         return np.concatenate(chunks)
 
+    def user_histories(self, pairs: pd.DataFrame, user_ids: Sequence[str]) -> list[list[str]]:
+        """The ``history`` input for ``user_ids``: their latest ``history_length`` items in ``pairs``."""
+        return data.recent_histories(pairs, user_ids, self.config.history_length)
+
+    def scores(self, train: pd.DataFrame, user_ids: Sequence[str], users: pd.DataFrame,
+               items: pd.DataFrame) -> np.ndarray:
+        """``[users, items]`` scores, each user's history taken from ``train``."""
+        item_vectors = self.item_embeddings(items["item_id"].tolist(), items["category"].tolist())
+        query_vectors = self.query_embeddings(user_ids, data.segments_for(user_ids, users),
+                                              self.user_histories(train, user_ids))
+        return query_vectors @ item_vectors.T
+
     def evaluate(self, train: pd.DataFrame, holdout: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame,
                  k: int = 10) -> dict[str, float]:
-        """Recall@k and NDCG@k on ``holdout``, ranking the whole catalogue minus each user's train items."""
-        item_ids = items["item_id"].tolist()
+        """Ranking metrics at k on ``holdout``, ranking the whole catalogue minus each user's train items."""
         user_ids = sorted(holdout["user_id"].unique())
-        item_vectors = self.item_embeddings(item_ids, items["category"].tolist())
-        query_vectors = self.query_embeddings(user_ids, data.segments_for(user_ids, users))
-        return rank_holdout(query_vectors @ item_vectors.T, user_ids, item_ids, train, holdout, k)
+        scores = self.scores(train, user_ids, users, items)
+        return rank_holdout(scores, user_ids, items["item_id"].tolist(), train, holdout, k)
 
     # -- persistence ---------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -296,7 +610,7 @@ class TwoTower:
     def load(cls, directory: str | Path) -> "TwoTower":
         """Rebuild the towers from ``directory``'s config and load their weights."""
         directory = Path(directory)
-        model = cls(TowerConfig(**json.loads((directory / CONFIG_FILE).read_text())))
+        model = cls(TowerConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text())))
         for attr, filename in WEIGHTS_FILES.items():
             getattr(model, attr).load_weights(directory / filename)
         return model
@@ -322,9 +636,11 @@ def popularity_metrics(train: pd.DataFrame, holdout: pd.DataFrame, items: pd.Dat
 
 # ------------------------------------------------------------------ MLflow flavour
 class TwoTowerPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc wrapper: ``predict`` maps ``user_id, segment`` rows to query vectors.
+    """MLflow pyfunc wrapper: ``predict`` maps ``user_id, segment[, history]`` rows to query vectors.
 
-    ``models.publish`` unwraps it (``unwrap_python_model().model``) to use both towers.
+    ``history`` (optional) is a list of item ids or one space-separated string,
+    latest first. ``models.publish`` unwraps it (``unwrap_python_model().model``)
+    to use both towers.
     """
 
     ARTIFACT = "towers"
@@ -334,7 +650,14 @@ class TwoTowerPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         user_ids = model_input["user_id"].fillna(NO_ID) if "user_id" in model_input else [NO_ID] * len(model_input)
-        return self.model.query_embeddings(list(user_ids), model_input["segment"].tolist())
+        histories = None
+        if "history" in model_input:
+            histories = [
+                [] if h is None or (isinstance(h, float) and np.isnan(h))
+                else [i for i in h.split(HISTORY_SEPARATOR) if i] if isinstance(h, str) else list(h)
+                for h in model_input["history"]
+            ]
+        return self.model.query_embeddings(list(user_ids), model_input["segment"].tolist(), histories)
 
 
 def load_registered(name: str, version: str) -> TwoTower:

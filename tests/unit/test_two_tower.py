@@ -10,7 +10,15 @@ from models import data
 
 tf = pytest.importorskip("tensorflow")
 
-from models.two_tower import TowerConfig, TwoTower, in_batch_softmax_loss, popularity_metrics  # noqa: E402
+from models.two_tower import (  # noqa: E402
+    SparseAdagrad,
+    SparseAdam,
+    TowerConfig,
+    TwoTower,
+    in_batch_softmax_loss,
+    popularity_metrics,
+    sampling_log_q,
+)
 
 CATEGORIES = ("comedy", "drama", "sports", "music", "tech", "food")
 N_USERS, N_ITEMS, N_EVENTS = 240, 300, 6000
@@ -86,13 +94,28 @@ def test_cold_start_segment_query_prefers_its_interest(trained):
         assert share >= 0.7, catalogue.iloc[row]
 
 
+def test_history_alone_steers_a_new_users_query(trained):
+    model, *_, catalogue = trained
+    # a user the model never saw, no segment information: only the recent history says "sports"
+    sports = catalogue.loc[catalogue["category"] == "sports", "item_id"].tolist()
+    liked_sports = sports[: len(sports) // 2][:8]  # the liked half of each category, as in synthetic()
+    query = model.query_embeddings(["new-user"], ["any|any|any"], [liked_sports])
+    without = model.query_embeddings(["new-user"], ["any|any|any"])
+    assert not np.allclose(query, without)
+    items = model.item_embeddings(catalogue["item_id"].tolist(), catalogue["category"].tolist())
+    top = data.top_k(query @ items.T, [catalogue.index[catalogue["item_id"].isin(liked_sports)].to_numpy()], 10)[0]
+    assert (catalogue["category"].to_numpy()[top] == "sports").mean() >= 0.7, catalogue.iloc[top]
+
+
 def test_outputs_are_unit_vectors_and_round_trip(trained, tmp_path):
     model, *_ = trained
-    query = model.query_embeddings(["u1", ""], ["F|25-34|comedy", "any|any|any"])
+    histories = [["i1", "i7"], []]
+    query = model.query_embeddings(["u1", ""], ["F|25-34|comedy", "any|any|any"], histories)
     np.testing.assert_allclose(np.linalg.norm(query, axis=1), 1.0, rtol=1e-5)
     loaded = TwoTower.load(model.save(tmp_path / "towers"))
     assert loaded.config == model.config
-    np.testing.assert_allclose(loaded.query_embeddings(["u1", ""], ["F|25-34|comedy", "any|any|any"]), query, atol=1e-6)
+    np.testing.assert_allclose(loaded.query_embeddings(["u1", ""], ["F|25-34|comedy", "any|any|any"], histories),
+                               query, atol=1e-6)
     np.testing.assert_allclose(loaded.item_embeddings(["i1"], ["drama"]), model.item_embeddings(["i1"], ["drama"]),
                                atol=1e-6)
 
@@ -126,3 +149,62 @@ def test_logq_correction_discounts_popular_candidates():
     # weights select rows: row 0 alone is plain softmax cross-entropy
     expected = -np.log(np.exp(1.0) / (np.exp(1.0) + np.exp(0.7071)))
     assert loss(tf.zeros(2), row0) == pytest.approx(expected, rel=1e-4)
+
+
+def test_distinct_candidates_with_labels_match_the_in_batch_form():
+    rng = np.random.default_rng(0)
+    query = tf.math.l2_normalize(tf.constant(rng.normal(size=(4, 3)), tf.float32), -1)
+    candidate = tf.math.l2_normalize(tf.constant(rng.normal(size=(4, 3)), tf.float32), -1)
+    log_q = tf.constant([-1.0, -2.0, -0.5, -3.0])
+    weight = tf.constant([1.0, 2.0, 1.0, 0.5])
+    ids = tf.constant([10, 11, 12, 13], tf.int64)
+    diagonal = in_batch_softmax_loss(query, candidate, log_q, weight, ids, 0.1)
+    # the same candidates in another order, each row pointing at its positive
+    order = [2, 0, 3, 1]
+    labels = tf.constant([order.index(i) for i in range(4)])
+    shuffled = in_batch_softmax_loss(query, tf.gather(candidate, order), tf.gather(log_q, order), weight,
+                                     tf.gather(ids, order), 0.1, labels)
+    assert float(shuffled) == pytest.approx(float(diagonal), rel=1e-5)
+
+
+def test_sampling_log_q_is_the_inclusion_probability():
+    counts = np.array([1000, 10, 1, 1])
+    log_q = sampling_log_q(counts, batch_size=100, uniform_negatives=0)
+    q = counts / counts.sum()
+    np.testing.assert_allclose(np.exp(log_q), 1 - (1 - q) ** 100, rtol=1e-5)
+    assert np.exp(log_q[0]) == pytest.approx(1.0, abs=1e-6)  # always in a batch of 100
+    assert np.exp(log_q[2]) == pytest.approx(100 * q[2], rel=0.05)  # rare: about batch_size * q
+    # uniform negatives raise every item's chance, most for rare items
+    mixed = sampling_log_q(counts, batch_size=100, uniform_negatives=2)
+    assert (mixed >= log_q).all() and mixed[2] - log_q[2] > mixed[1] - log_q[1]
+
+
+@pytest.mark.parametrize("optimizer", [SparseAdagrad, SparseAdam])
+def test_sparse_optimisers_touch_only_used_rows(optimizer):
+    table = tf.Variable(tf.ones([6, 2]))
+    dense = tf.Variable(tf.ones([2]))
+    opt = optimizer([table, dense], 0.1)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.gather(table, [1, 4, 4]) * dense)
+    grads = tape.gradient(loss, [table, dense])
+    assert isinstance(grads[0], tf.IndexedSlices)
+    opt.apply(grads)
+    changed = np.flatnonzero(np.abs(table.numpy() - 1.0).sum(axis=1) > 0)
+    assert changed.tolist() == [1, 4]
+    assert (dense.numpy() < 1.0).all()
+    if optimizer is SparseAdagrad:  # matches Adagrad's rule: acc = 0.1 + g^2, w -= lr * g / sqrt(acc)
+        assert table.numpy()[4, 0] == pytest.approx(1.0 - 0.1 * 2.0 / np.sqrt(0.1 + 4.0), rel=1e-5)
+
+
+def test_fit_without_history_and_with_mixed_negatives():
+    events, users, items = synthetic(1)
+    pairs = data.positive_pairs(events)
+    train, holdout = data.time_split(pairs)
+    user_features, catalogue = data.user_features(users), data.catalogue(items, pairs)
+    for config in (TowerConfig(embedding_dim=8, hash_buckets=1_000, history_length=0, seed=1),
+                   TowerConfig(embedding_dim=8, hash_buckets=1_000, uniform_negatives=64, optimizer="adam", seed=1)):
+        model = TwoTower(config)
+        losses = model.fit(train, user_features, catalogue, epochs=2, batch_size=512, learning_rate=0.01,
+                           log=lambda _: None)
+        assert len(losses) == 2 and all(np.isfinite(losses))
+        assert model.evaluate(train, holdout, user_features, catalogue)["eval_users"] > 100
