@@ -34,7 +34,10 @@ DEFAULT_ARGS = {
     # scheduled just after that day ends. Plain "@daily" in Airflow 3 would give each
     # run the date it starts on, i.e. a day with no data yet.
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    # The earliest event time feedloop accepts (feedloop.events.MIN_TS_MS), so any day of
+    # history (e.g. imported MovieLens ratings of 1998) can be run; catchup=False keeps the
+    # scheduler from creating those runs by itself.
+    start_date=pendulum.datetime(1995, 1, 1, tz="UTC"),
     catchup=False,
     # 2, so a run waiting in its sensor for a late partition never blocks a manual
     # run (demo, backfill) of another day for up to the sensor's timeout.

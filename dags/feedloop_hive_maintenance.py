@@ -26,7 +26,10 @@ DEFAULT_ARGS = {
     description="Compact streaming files, apply retention, compute statistics",
     # ds is the day that just ended, as in the retrain DAG: its files are complete.
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    # The earliest event time feedloop accepts (feedloop.events.MIN_TS_MS), so any day of
+    # history (e.g. imported MovieLens ratings of 1998) can be run; catchup=False keeps the
+    # scheduler from creating those runs by itself.
+    start_date=pendulum.datetime(1995, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,

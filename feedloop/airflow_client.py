@@ -135,6 +135,9 @@ class AirflowClient:
     def clear_run(self, dag_id: str, run_id: str) -> None:
         self.request("POST", f"/dags/{dag_id}/dagRuns/{run_id}/clear", json={"dry_run": False})
 
+    def delete_run(self, dag_id: str, run_id: str) -> None:
+        self.request("DELETE", f"/dags/{dag_id}/dagRuns/{run_id}")
+
     def get_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
 
@@ -189,13 +192,18 @@ def start_run(client: AirflowClient, dag_id: str, ds: date) -> str:
     existing = client.runs_for_date(dag_id, _midnight(ds))
     if existing:
         run = existing[0]
-        if run["state"] in FINISHED:
+        if run["state"] in FINISHED and not client.task_instances(dag_id, run["dag_run_id"]):
+            # a run created without tasks (e.g. before a start_date change) cannot be cleared into one
+            print(f"{dag_id} has an empty {run['state']} run for {ds} ({run['dag_run_id']}); replacing it", flush=True)
+            client.delete_run(dag_id, run["dag_run_id"])
+        elif run["state"] in FINISHED:
             print(f"{dag_id} already ran for {ds} ({run['dag_run_id']}: {run['state']}); clearing it to run again",
                   flush=True)
             client.clear_run(dag_id, run["dag_run_id"])
+            return run["dag_run_id"]
         else:
             print(f"{dag_id} already has a {run['state']} run for {ds}: following {run['dag_run_id']}", flush=True)
-        return run["dag_run_id"]
+            return run["dag_run_id"]
     run = client.trigger(dag_id, ds)
     print(f"triggered {dag_id} for {ds}: run {run['dag_run_id']}", flush=True)
     return run["dag_run_id"]
@@ -226,6 +234,11 @@ def follow_run(client: AirflowClient, settings: Settings, dag_id: str, run_id: s
         if run["state"] in FINISHED:
             if run["state"] == "failed":
                 _print_failures(settings, tis)
+            if run["state"] == "success" and not tis:
+                # Airflow creates no task for a date before the tasks' start_date, and calls that a success
+                print(f"  run {run_id} finished without running any task: is its date before the DAG's "
+                      f"start_date?", flush=True)
+                return "empty"
             return run["state"]
         if run["state"] == "queued" and elapsed > QUEUED_HINT_S and not hinted:
             _explain_queued(client, dag_id, run_id)
@@ -256,7 +269,7 @@ def _print_failures(settings: Settings, tis: list[dict[str, Any]]) -> None:
 
 
 def run_dag(settings: Settings, dag_id: str, ds: date, timeout: float) -> str:
-    """Run dag_id for ds end to end; return 'success', 'failed' or 'timeout'."""
+    """Run dag_id for ds end to end; return 'success', 'failed', 'timeout' or 'empty' (no task ran)."""
     with AirflowClient.from_settings(settings) as client:
         dag = wait_for_dag(client, dag_id)
         run_id = start_run(client, dag_id, ds)

@@ -31,6 +31,9 @@ def _simulate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--ds", default=None, help="put event times on this day (default: now)")
     parser.add_argument("--no-catalog", action="store_true", help="do not (re)write the users/items tables")
+    parser.add_argument("--to-hive", action="store_true",
+                        help="bulk-load the events straight into Hive (validated; rejects to the DLQ) instead of "
+                             "sending them to Kafka")
     from feedloop.simulator import add_arguments
 
     add_arguments(parser)
@@ -39,6 +42,9 @@ def _simulate(parser: argparse.ArgumentParser) -> None:
 def _movielens(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="directory holding u.user, u.item, u.data (ML-100K format)")
     parser.add_argument("--limit", type=int, default=0, help="import only the first N ratings (0: all)")
+    parser.add_argument("--to-hive", action="store_true",
+                        help="bulk-load the events straight into Hive (validated; rejects to the DLQ) instead of "
+                             "sending them to Kafka")
 
 
 def _stream(parser: argparse.ArgumentParser) -> None:

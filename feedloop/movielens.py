@@ -228,7 +228,13 @@ def main(args) -> int:
     write_catalog(settings, data.users, data.items, created_at=data.user_created_at)
     print(f"  catalog: {len(data.users)} users, {len(data.items)} items -> {settings.hive.database}.users/items "
           f"(replaced)", flush=True)
-    producer = make_producer(settings)
+    to_hive = getattr(args, "to_hive", False)
+    if to_hive:
+        from feedloop.backfill import HiveBackfill
+
+        producer = HiveBackfill(settings, "import-movielens")
+    else:
+        producer = make_producer(settings)
     topic = settings.kafka.events_topic
     sent, last_report, send_started = 0, time.time(), time.time()
     counts: dict[str, int] = defaultdict(int)
@@ -247,6 +253,11 @@ def main(args) -> int:
     finally:
         producer.close()
     acked = sent - producer.failed
+    if to_hive:
+        print(f"import-movielens: {len(data.users)} users and {len(data.items)} items in {settings.hive.database}; "
+              f"{sent} events ({', '.join(f'{counts[k]} {k}' for k in ('view', 'like', 'purchase'))}); "
+              f"{producer.summary()}; {time.time() - started:.1f}s in all")
+        return 1 if producer.failed or producer.rejected else 0
     first = datetime.fromtimestamp(data.ratings[0].ts_ms / 1000, tz=timezone.utc).date() if data.ratings else "-"
     last = datetime.fromtimestamp(data.ratings[-1].ts_ms / 1000, tz=timezone.utc).date() if data.ratings else "-"
     kinds = ", ".join(f"{counts[k]} {k}" for k in ("view", "like", "purchase"))

@@ -578,7 +578,7 @@ def make_producer(settings: Settings, backend: str = "kafka-python") -> EventPro
 OPTION_DEFAULTS = {
     "users": 200, "items": 300, "events": 5000, "rate": 0.0, "duration": 0.0, "seed": 7, "ds": None,
     "no_catalog": False, "promo_every": 0.0, "promo_duration": PROMO_DURATION_S, "api": None,
-    "feed_share": FEED_SHARE, "feed_limit": FEED_LIMIT, "producer": "kafka-python",
+    "feed_share": FEED_SHARE, "feed_limit": FEED_LIMIT, "producer": "kafka-python", "to_hive": False,
 }
 
 
@@ -623,7 +623,12 @@ def main(args) -> int:
         write_catalog(settings, users, items)
         print(f"catalog: {len(users)} users, {len(items)} items -> {settings.hive.database}.users/items", flush=True)
     sim = Simulator(users, items, opts["seed"], opts["ds"], opts["promo_every"], opts["promo_duration"])
-    producer = make_producer(settings, opts["producer"])
+    if opts["to_hive"]:
+        from feedloop.backfill import HiveBackfill
+
+        producer = HiveBackfill(settings, "simulate")
+    else:
+        producer = make_producer(settings, opts["producer"])
     topic = settings.kafka.events_topic
     feeds = FeedStats() if opts["api"] else None
     pacer = Pacer(opts["rate"])
@@ -661,6 +666,9 @@ def main(args) -> int:
         producer.close()
     elapsed = time.time() - started
     acked = sent - producer.failed
+    if opts["to_hive"]:
+        print(f"simulate: {sent} events generated in {elapsed:.1f}s; {producer.summary()}")
+        return 1 if producer.failed or producer.rejected else 0
     promos = f"; {len(sim.promotions)} promotions" if opts["promo_every"] and opts["ds"] else ""
     print(f"simulate: {acked} events acknowledged by Kafka topic {topic} in {elapsed:.1f}s "
           f"({acked / max(elapsed, 1e-9):,.0f}/s, {opts['producer']}){promos}"

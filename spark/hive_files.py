@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+REGISTER_CHUNK = 500  # partitions per ALTER TABLE ... ADD statement
+
 
 class BatchFiles:
     """Writes one micro-batch's rows into the partitions of ``db.table``, replay-safe."""
@@ -72,6 +74,14 @@ class BatchFiles:
             fs.mkdirs(target)
             fs.rename(src, self._path(f"{target.toString()}/{self.prefix(batch_id)}{n:04d}.zstd.parquet"))
         fs.delete(self._path(staging), True)
-        for values in partitions:
-            spec = ", ".join(f"{c}='{v}'" if isinstance(v, str) else f"{c}={v}" for c, v in zip(self.partition_cols, values))
-            self.spark.sql(f"ALTER TABLE {self.table} ADD IF NOT EXISTS PARTITION ({spec})")
+        self.register(partitions)
+
+    def register(self, partitions: Sequence[tuple], chunk: int = REGISTER_CHUNK) -> None:
+        """Add these partitions to the metastore (one ALTER TABLE per ``chunk`` partitions)."""
+        specs = [
+            "PARTITION (" + ", ".join(f"{c}='{v}'" if isinstance(v, str) else f"{c}={v}"
+                                      for c, v in zip(self.partition_cols, values)) + ")"
+            for values in partitions
+        ]
+        for start in range(0, len(specs), chunk):
+            self.spark.sql(f"ALTER TABLE {self.table} ADD IF NOT EXISTS {' '.join(specs[start:start + chunk])}")

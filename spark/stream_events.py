@@ -66,8 +66,18 @@ def split_valid(parsed):
     """(valid events with dt/hr, rejected records) from the validated batch."""
     from pyspark.sql import functions as F
 
-    valid = (
-        parsed.where(F.col("reason").isNull())
+    valid = table_rows(parsed.where(F.col("reason").isNull()))
+    rejected = parsed.where(F.col("reason").isNotNull())
+    return valid, rejected
+
+
+def table_rows(events):
+    """Valid events as rows of the events table: ``ingested_at``, partitions ``dt``/``hr`` (UTC, from ``ts``),
+    one row per event_id. The stream and the backfill both use it."""
+    from pyspark.sql import functions as F
+
+    return (
+        events
         .withColumn("ingested_at", F.lit(int(time.time() * 1000)).cast("bigint"))
         .withColumn("event_ts", F.timestamp_millis(F.col("ts")))
         .withColumn("dt", F.date_format(F.col("event_ts"), "yyyy-MM-dd"))
@@ -75,8 +85,6 @@ def split_valid(parsed):
         .dropDuplicates(["event_id"])
         .select(*TABLE_COLUMNS)
     )
-    rejected = parsed.where(F.col("reason").isNotNull())
-    return valid, rejected
 
 
 def dlq_records(rejected):

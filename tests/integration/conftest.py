@@ -73,3 +73,16 @@ def redis_client(settings):
     from feature_store.online import connect
 
     return connect(settings)
+
+
+def hive_query(settings, sql: str) -> list[tuple]:
+    """Rows of one HiveQL statement over HiveServer2 (PyHive), in the feedloop database."""
+    from feedloop.services import hive_connection
+
+    conn = hive_connection(settings, settings.hive.database)
+    try:
+        cursor = conn.cursor()
+        cursor.execute(sql)
+        return cursor.fetchall()
+    finally:
+        conn.close()
