@@ -56,8 +56,8 @@ TWO_TOWER = {
                "segment_part_dropout": 0.1, "history_length": 200, "history_dropout": 0.5,
                "history_pooling": "mean", "user_id_dropout": 1.0, "uniform_negatives": 1024, "hidden_units": 256,
                "hidden_layers": 1, "head_dropout": 0.3, "optimizer": "adam", "weight_decay": 0.0,
-               "average_epochs": 6, "log_q_weight": 2.0, "seed": 7},
-    "epochs": 14, "batch_size": 1024, "learning_rate": 0.002, "final_learning_rate": 0.002,
+               "average_epochs": 10, "log_q_weight": 2.0, "seed": 7},
+    "epochs": 24, "batch_size": 1024, "learning_rate": 0.002, "final_learning_rate": 0.002,
 }
 ALS_GRID = [  # (rank, regParam, alpha)
     {"rank": 64, "regParam": 0.1, "alpha": 1.0},
@@ -66,6 +66,7 @@ ALS_GRID = [  # (rank, regParam, alpha)
 ]
 ALS_ITERATIONS = 15
 METRIC_KEYS = ("recall10", "ndcg10", "precision10", "map10", "map10_by_relevant")
+BEYOND_KEYS = ("coverage10", "popularity_bias10")  # share of the catalogue recommended; popularity percentile
 
 
 def progress(message: str) -> None:
@@ -123,7 +124,8 @@ def features(train: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> t
 
 
 def row(model: str, metrics: dict, **extra) -> dict:
-    return {"model": model, **{k: round(float(metrics[k]), 4) for k in METRIC_KEYS}, **extra}
+    beyond = {k: round(float(metrics[k]), 4) for k in BEYOND_KEYS if k in metrics}
+    return {"model": model, **{k: round(float(metrics[k]), 4) for k in METRIC_KEYS}, **beyond, **extra}
 
 
 # ------------------------------------------------------------------ models

@@ -170,6 +170,25 @@ def ranking_metrics(ranked: np.ndarray, relevant: Sequence[np.ndarray], k: int =
     return {**{name: float(value) for name, value in zip(names, means)}, "eval_users": len(rows)}
 
 
+def coverage_and_popularity_bias(ranked: np.ndarray, item_counts: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Beyond accuracy, over every ranked row's top ``k`` (item indices into ``item_counts``).
+
+    * ``coverage{k}``: the share of the catalogue that appears in some top k;
+    * ``popularity_bias{k}``: the mean popularity percentile of the recommended items
+      (each item's training count ranked against the catalogue's: 1.0 = the most
+      popular item, 0.5 = the median one). Popularity-only feeds score near 1.
+    """
+    counts = np.asarray(item_counts, dtype=np.float64)
+    if len(counts) == 0 or ranked.size == 0:
+        return {f"coverage{k}": 0.0, f"popularity_bias{k}": 0.0}
+    top = np.asarray(ranked)[:, :k]
+    top = top[top >= 0]
+    order = np.argsort(np.argsort(counts, kind="stable"), kind="stable")
+    percentile = (order + 1) / len(counts)
+    return {f"coverage{k}": float(len(np.unique(top)) / len(counts)),
+            f"popularity_bias{k}": float(percentile[top].mean()) if top.size else 0.0}
+
+
 def random_split(pairs: pd.DataFrame, holdout_share: float = 0.25, seed: int = 42
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, holdout): a seeded random ``holdout_share`` of each user's pairs is held out.

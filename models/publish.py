@@ -81,8 +81,9 @@ def build_feeds(
 ) -> dict[tuple[str, str], online.Feed]:
     """Segment feeds and active users' feeds, ``{(kind, id): Feed}``.
 
-    ``recent``: ``user_id, item_id, event_type`` of the last days; its users are the
-    active ones, and their positive items are left out of their own feed.
+    ``recent``: ``user_id, item_id, event_type`` (and ``ts``) of the last days; its users
+    are the active ones, their positive items (latest first) are the query tower's
+    history, and they are left out of their own feed.
     """
     now_ms = int(time.time() * 1000)
     item_ids = catalogue["item_id"].tolist()
@@ -106,7 +107,8 @@ def build_feeds(
     positives = recent[recent["event_type"].isin(data.POSITIVE_TYPES)]
     for start in range(0, len(active), USER_CHUNK):
         users = active[start:start + USER_CHUNK]
-        scores = model.query_embeddings(users, active_segments[start:start + USER_CHUNK]) @ item_vectors.T
+        histories = model.user_histories(positives, users)  # their latest positives, as in training
+        scores = model.query_embeddings(users, active_segments[start:start + USER_CHUNK], histories) @ item_vectors.T
         seen = data.index_lists(positives, users, index)
         ranked = data.top_k(scores, seen, feed_size)
         for user, row_scores, row, row_seen in zip(users, scores, ranked, seen):
@@ -231,8 +233,8 @@ def read_publish_inputs(spark, ds: str, database: str) -> tuple[pd.DataFrame, pd
     recent = (
         spark.table(f"{database}.events")
         .where(F.col("dt").between(start, ds) & F.col("user_id").isNotNull())
-        .select("user_id", "item_id", "event_type")
-        .distinct()
+        .groupBy("user_id", "item_id", "event_type")
+        .agg(F.max("ts").alias("ts"))  # the latest time of each, to order the users' histories
     )
     return users.toPandas(), items.toPandas(), recent.toPandas()
 

@@ -95,7 +95,14 @@ class StubModel:
     def _one_hot(self, labels):
         return np.array([[1.0 if label == c else 0.0 for c in self.categories] for label in labels])
 
-    def query_embeddings(self, user_ids, segments):
+    def __init__(self):
+        self.histories = {}
+
+    def user_histories(self, pairs, user_ids):
+        return data.recent_histories(pairs, user_ids, 5)
+
+    def query_embeddings(self, user_ids, segments, histories=None):
+        self.histories.update(zip(user_ids, histories or [None] * len(user_ids)))
         return self._one_hot([s.split("|")[2] for s in segments])
 
     def item_embeddings(self, item_ids, categories):
@@ -108,7 +115,10 @@ def test_build_feeds_covers_segments_fallbacks_and_active_users():
     catalogue = pd.DataFrame({"item_id": ["c1", "c2", "d1", "d2"], "category": ["comedy", "comedy", "drama", "drama"]})
     recent = pd.DataFrame({"user_id": ["u1", "u1", "u9"], "item_id": ["c2", "c1", "d1"],
                            "event_type": ["purchase", "impression", "view"]})
-    feeds = build_feeds(StubModel(), "7", users, catalogue, recent, feed_size=3, log=lambda _: None)
+    model = StubModel()
+    feeds = build_feeds(model, "7", users, catalogue, recent, feed_size=3, log=lambda _: None)
+    # a user's query carries their positive items as history (an impression is not one)
+    assert model.histories["u1"] == ["c2"] and model.histories["u9"] == ["d1"]
 
     expected_segments = set(fallbacks("F|25-34|comedy")) | set(fallbacks("M|35-44|drama"))
     assert {ident for kind, ident in feeds if kind == "seg"} == expected_segments | {ROOT_SEGMENT}

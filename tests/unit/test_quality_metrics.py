@@ -143,3 +143,17 @@ def test_bench_loads_ml100k_and_builds_segments_from_training_ratings(tmp_path):
 def test_bench_says_where_the_data_is_missing(tmp_path, capsys):
     assert quality.main(["--data", str(tmp_path / "absent"), "--no-als"]) == 2
     assert "MovieLens 100K not found" in capsys.readouterr().err
+
+
+def test_coverage_and_popularity_bias():
+    counts = np.array([100, 50, 10, 1])  # item 0 the most popular, item 3 the least
+    popular_only = np.array([[0, 1], [0, 1], [0, 1]])
+    spread = np.array([[2, 3], [0, 1], [3, 2]])
+    pop = data.coverage_and_popularity_bias(popular_only, counts, k=2)
+    wide = data.coverage_and_popularity_bias(spread, counts, k=2)
+    assert pop == {"coverage2": 0.5, "popularity_bias2": pytest.approx((1.0 + 0.75) / 2)}
+    assert wide["coverage2"] == 1.0
+    assert wide["popularity_bias2"] < pop["popularity_bias2"]
+    # only the top k count
+    assert data.coverage_and_popularity_bias(np.array([[3, 0]]), counts, k=1) == {
+        "coverage1": 0.25, "popularity_bias1": pytest.approx(0.25)}
