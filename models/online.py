@@ -1,0 +1,172 @@
+"""The online learner's core: bounded fine-tuning of the champion's towers, with a guardrail.
+
+Pure model code (no Kafka, Spark or Redis), so every rule is unit-tested; the
+streaming job that feeds it micro-batches of click and dwell pairs and publishes
+the segment feeds it returns is not built yet (see issue "Online fine-tuning").
+
+One :meth:`OnlineLearner.update` per micro-batch:
+
+1. **bound the batch** (:func:`bounded_pairs`): each user and each item contributes
+   at most ``max_pairs_per_user`` / ``max_pairs_per_item`` pairs and at most
+   ``max_steps × batch_size`` pairs in all, so a flood of clicks from one user or on
+   one item moves the model no more than an ordinary user or item can;
+2. **fine-tune** both towers on them plus as many replayed past pairs (negatives
+   for the in-batch softmax, and less forgetting), from the current state, one pass
+   of at most ``2 × max_steps`` steps (same loss, weights and features as the daily training:
+   :meth:`models.two_tower.TwoTower.fit`). New users and items need nothing: their
+   ids hash to embedding rows that the update trains;
+3. **guardrail**: recall@K on a fixed holdout before and after; an update that
+   loses more than ``max_regression`` (relative) is rolled back (the towers'
+   weights restored exactly) and reported, and the state stays at the last good one;
+4. an accepted update bumps the online version, ``<champion>+online.<n>``, and
+   reports the segments its users belong to (with their fallbacks): the feeds to
+   recompute.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from feature_store.segments import fallbacks
+from models import data
+
+GUARD_K = 10
+
+
+def bounded_pairs(pairs: pd.DataFrame, max_per_user: int, max_per_item: int, max_total: int,
+                  seed: int = 0) -> pd.DataFrame:
+    """At most ``max_per_user`` pairs per user, ``max_per_item`` per item and ``max_total`` in all.
+
+    Within a user (then an item) the heaviest, then latest, pairs are kept; the
+    total cap keeps a seeded random sample. ``pairs``: ``user_id, item_id, weight``
+    (and ``ts``); weights are summed per (user, item) first.
+    """
+    if pairs.empty:
+        return pairs
+    agg = {"weight": ("weight", "sum")}
+    if "ts" in pairs:
+        agg["ts"] = ("ts", "max")
+    merged = pairs.groupby(["user_id", "item_id"], as_index=False, sort=False).agg(**agg)
+    order = ["weight", "ts"] if "ts" in merged else ["weight"]
+    merged = merged.sort_values(order, ascending=False, kind="stable")
+    merged = merged[merged.groupby("user_id", sort=False).cumcount() < max_per_user]
+    merged = merged[merged.groupby("item_id", sort=False).cumcount() < max_per_item]
+    if len(merged) > max_total:
+        merged = merged.sample(n=max_total, random_state=seed)
+    return merged.reset_index(drop=True)
+
+
+@dataclass
+class UpdateResult:
+    """What one update did: accepted or rolled back, and why."""
+
+    accepted: bool
+    reason: str
+    version: str
+    pairs_in: int
+    pairs_used: int
+    guard_before: float
+    guard_after: float
+    seconds: float
+    segments: list[str] = field(default_factory=list)
+
+
+class OnlineLearner:
+    """Fine-tunes a :class:`models.two_tower.TwoTower` in place, one micro-batch at a time.
+
+    ``users``: user features (:func:`models.data.user_features`); ``catalogue``:
+    ``item_id, category``. ``guard_history`` / ``guard_holdout``: the fixed holdout
+    the guardrail scores (the champion's evaluation split: its users' training pairs
+    are their history, the held-out pairs are what recall@K counts).
+    """
+
+    def __init__(self, model, base_version: str, users: pd.DataFrame, catalogue: pd.DataFrame,
+                 guard_history: pd.DataFrame, guard_holdout: pd.DataFrame, *, max_steps: int = 8,
+                 batch_size: int = 256, learning_rate: float = 0.02, max_regression: float = 0.05,
+                 max_pairs_per_user: int = 20, max_pairs_per_item: int = 50, updates: int = 0, log=print):
+        self.model = model
+        self.base_version = str(base_version)
+        self.users = users
+        self.catalogue = catalogue
+        self.guard_history = guard_history
+        self.guard_holdout = guard_holdout
+        self.replay = guard_history[[c for c in ("user_id", "item_id", "weight", "ts") if c in guard_history]]
+        self.max_steps = max_steps
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.max_regression = max_regression
+        self.max_pairs_per_user = max_pairs_per_user
+        self.max_pairs_per_item = max_pairs_per_item
+        self.updates = updates
+        self.rollbacks = 0
+        self.log = log
+        self.guard_score = self._guard()
+
+    @property
+    def version(self) -> str:
+        """The model version feeds published from this state carry, e.g. ``12+online.37``."""
+        return f"{self.base_version}+online.{self.updates}" if self.updates else self.base_version
+
+    def _guard(self) -> float:
+        if self.guard_holdout.empty:
+            return 0.0
+        metrics = self.model.evaluate(self.guard_history, self.guard_holdout, self.users, self.catalogue, GUARD_K)
+        return float(metrics[f"recall{GUARD_K}"])
+
+    def _weights(self) -> list[list[np.ndarray]]:
+        return [tower.get_weights() for tower in (self.model.query_tower, self.model.item_tower)]
+
+    def _restore(self, weights: list[list[np.ndarray]]) -> None:
+        for tower, values in zip((self.model.query_tower, self.model.item_tower), weights):
+            tower.set_weights(values)
+
+    def _with_replay(self, used: pd.DataFrame) -> pd.DataFrame:
+        """The batch plus as many replayed past pairs (at least a training batch's worth).
+
+        A burst on one item alone has no negatives in an in-batch softmax (one candidate,
+        zero loss); replayed pairs bring the other items in as negatives, and keep the
+        towers close to what they knew (less forgetting between daily retrains).
+        """
+        if self.replay.empty:
+            return used
+        n = min(len(self.replay), max(len(used), self.batch_size))
+        sample = self.replay.sample(n=n, random_state=self.updates)[used.columns.intersection(self.replay.columns)]
+        return pd.concat([used, sample], ignore_index=True)
+
+    def touched_segments(self, pairs: pd.DataFrame) -> list[str]:
+        """The segments (exact and their fallbacks) of the batch's users: the feeds to recompute."""
+        ids = pairs["user_id"].astype(str).unique().tolist()
+        segments = data.segments_for(ids, self.users)
+        return sorted({parent for segment in segments for parent in fallbacks(segment)})
+
+    def update(self, pairs: pd.DataFrame) -> UpdateResult:
+        """Fine-tune on one micro-batch of weighted positive pairs; keep it only if the guardrail allows."""
+        started = time.perf_counter()
+        used = bounded_pairs(pairs, self.max_pairs_per_user, self.max_pairs_per_item,
+                             self.max_steps * self.batch_size, seed=self.updates)
+        if used.empty:
+            return UpdateResult(False, "no positive pairs", self.version, len(pairs), 0, self.guard_score,
+                                self.guard_score, time.perf_counter() - started)
+        before = self._weights()
+        catalogue = data.catalogue(self.catalogue, used)  # items first seen in the stream join the catalogue
+        self.model.fit(self._with_replay(used), self.users, catalogue, 1, self.batch_size, self.learning_rate,
+                       log=lambda _: None)
+        after = self._guard()
+        floor = self.guard_score * (1.0 - self.max_regression)
+        if after < floor:
+            self._restore(before)
+            self.rollbacks += 1
+            reason = (f"rolled back: guard recall@{GUARD_K} {after:.4f} < {floor:.4f} "
+                      f"(last good {self.guard_score:.4f} - {self.max_regression:.0%})")
+            self.log(f"online update {self.updates + 1}: {reason}")
+            return UpdateResult(False, reason, self.version, len(pairs), len(used), self.guard_score, after,
+                                time.perf_counter() - started)
+        self.catalogue = catalogue
+        self.updates += 1
+        previous, self.guard_score = self.guard_score, after
+        return UpdateResult(True, "accepted", self.version, len(pairs), len(used), previous, after,
+                            time.perf_counter() - started, self.touched_segments(used))
