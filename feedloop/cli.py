@@ -82,6 +82,8 @@ COMMANDS = {
     "simulate": ("feedloop.simulator:main", "publish simulated users' events to Kafka", _simulate),
     "import-movielens": ("feedloop.movielens:main", "import ML-100K users, items and ratings (as events)", _movielens),
     "stream-events": ("spark.stream_events:main", "Kafka -> validate -> Hive events (exactly once)", _stream),
+    "stream-learner": ("spark.stream_learner:main",
+                       "online learner: click/dwell events -> fine-tune the champion -> segment feeds", _stream),
     "wait-partition": ("spark.partitions:main", "exit 0 when the day's partition has rows, 1 otherwise", _wait),
     "compact": ("spark.maintenance:compact", "compact a day's streaming files in feedloop.events", _ds),
     "retention": ("spark.maintenance:retention", "drop partitions older than --keep-days", _retention),

@@ -45,6 +45,7 @@ class Service:
     start_timeout_s: float = 120.0
     description: str = ""
     extra_ports: list[str] = field(default_factory=list)
+    optional: bool = False  # started only when named (`feedloop up stream-learner`), not by a plain `up`
 
     def port(self, settings: Settings) -> int | None:
         return _setting(settings, self.port_setting) if self.port_setting else None
@@ -139,6 +140,8 @@ SERVICES: list[Service] = [
     Service("airflow-triggerer", "", 3, _running("airflow-triggerer"), 120, "Airflow triggerer"),
     Service("api", "api.port", 3, _http("api.port", "/healthz"), 60, "feed API"),
     Service("stream-events", "", 3, _running("stream-events"), 180, "streaming sink Kafka -> Hive events"),
+    Service("stream-learner", "", 3, _running("stream-learner"), 180,
+            "online learner: clicks/dwell -> fine-tuned champion -> segment feeds", optional=True),
 ]
 BY_NAME = {s.name: s for s in SERVICES}
 
@@ -330,8 +333,8 @@ def service_command(settings: Settings, name: str) -> tuple[list[str], dict[str,
         env.update(airflow_env(settings))
     elif name == "api":
         argv = [str(VENV_BIN / "feedloop"), "serve"]
-    elif name == "stream-events":
-        argv = [str(VENV_BIN / "feedloop"), "stream-events"]
+    elif name in ("stream-events", "stream-learner"):
+        argv = [str(VENV_BIN / "feedloop"), name]
         env["SPARK_HOME"] = str(pyspark_home())
     else:
         raise ServiceError(f"unknown service {name!r}; known: {', '.join(BY_NAME)}")
@@ -540,7 +543,7 @@ def up(names: list[str] | None = None, settings: Settings | None = None) -> Sett
     generate_local_secrets()
     get_settings.cache_clear()
     settings = settings or get_settings()
-    wanted = names or [s.name for s in SERVICES]
+    wanted = names or [s.name for s in SERVICES if not s.optional]
     unknown = [n for n in wanted if n not in BY_NAME]
     if unknown:
         raise ServiceError(f"unknown service(s) {unknown}; known: {', '.join(BY_NAME)}")
@@ -584,7 +587,7 @@ def cmd_up(args) -> int:
     except ServiceError as exc:
         print(f"feedloop up: {exc}", file=sys.stderr)
         return 1
-    print(f"feedloop up: {len(args.services or SERVICES)} services healthy in {time.time() - started:.0f}s; logs in {settings.log_dir}")
+    print(f"feedloop up: {len(args.services or [s for s in SERVICES if not s.optional])} services healthy in {time.time() - started:.0f}s; logs in {settings.log_dir}")
     return 0
 
 
@@ -625,6 +628,8 @@ def status_rows(settings: Settings) -> list[dict]:
     states = _states(settings)
     rows = []
     for svc in SERVICES:
+        if svc.optional and states.get(svc.name, "STOPPED") == "STOPPED":
+            continue  # not asked for: not part of the stack's health
         port = svc.port(settings)
         healthy = svc.health(settings) if states.get(svc.name) == "RUNNING" else False
         rows.append({"service": svc.name, "state": states.get(svc.name, "STOPPED"), "healthy": healthy,
@@ -648,9 +653,10 @@ def cmd_status(args) -> int:
 
 
 def _stream_status(settings: Settings) -> str:
+    from spark import stream_learner
     from spark.stream_events import progress_summary
 
-    return progress_summary(settings)
+    return "\n".join(line for line in (progress_summary(settings), stream_learner.progress_summary(settings)) if line)
 
 
 # ---------------------------------------------------------------- DDL and topics

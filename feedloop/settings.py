@@ -166,6 +166,11 @@ class ModelSettings(_Section):
     aging_keep_share: float = 0.2  # share of the previous feed's unseen items a refresh keeps
     exploration_slots: int = 2  # slots reserved for new items in every feed
     new_item_days: int = 7  # items created this recently are exploration candidates
+    # the online learner (spark/stream_learner.py, models/online.py)
+    online_learning_rate: float = 0.01
+    online_max_steps: int = 8  # steps per pass over an update's new pairs
+    online_max_regression: float = 0.05  # guardrail: relative loss of holdout recall@10 that rolls back ...
+    online_min_tolerance: float = 0.005  # ... when it is also more than this, absolute
 
 
 class Settings(_Section):

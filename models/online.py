@@ -10,14 +10,17 @@ One :meth:`OnlineLearner.update` per micro-batch:
    at most ``max_pairs_per_user`` / ``max_pairs_per_item`` pairs and at most
    ``max_steps × batch_size`` pairs in all, so a flood of clicks from one user or on
    one item moves the model no more than an ordinary user or item can;
-2. **fine-tune** both towers on them plus as many replayed past pairs (negatives
-   for the in-batch softmax, and less forgetting), from the current state, one pass
-   of at most ``2 × max_steps`` steps (same loss, weights and features as the daily training:
+2. **fine-tune** both towers on them (a small batch repeated to fill half a training
+   batch) plus as many replayed past pairs (negatives for the in-batch softmax, and
+   less forgetting), from the current state, ``PASSES`` passes of at most
+   ``2 × max_steps`` steps each (same loss, weights and features as the daily training:
    :meth:`models.two_tower.TwoTower.fit`). New users and items need nothing: their
    ids hash to embedding rows that the update trains;
 3. **guardrail**: recall@K on a fixed holdout before and after; an update that
-   loses more than ``max_regression`` (relative) is rolled back (the towers'
-   weights restored exactly) and reported, and the state stays at the last good one;
+   loses more than ``max_regression`` (relative) of the last good score, and more
+   than ``min_tolerance`` (absolute: at a recall of 1%, 5% is sampling noise), is
+   rolled back (the towers' weights restored exactly) and reported, and the state
+   stays at the last good one;
 4. an accepted update bumps the online version, ``<champion>+online.<n>``, and
    reports the segments its users belong to (with their fallbacks): the feeds to
    recompute.
@@ -35,6 +38,8 @@ from feature_store.segments import fallbacks
 from models import data
 
 GUARD_K = 10
+PASSES = 3  # passes over an update's rows
+REPLAY_RATIO = 1  # replayed past pairs per new training row
 
 
 def bounded_pairs(pairs: pd.DataFrame, max_per_user: int, max_per_item: int, max_total: int,
@@ -86,7 +91,8 @@ class OnlineLearner:
 
     def __init__(self, model, base_version: str, users: pd.DataFrame, catalogue: pd.DataFrame,
                  guard_history: pd.DataFrame, guard_holdout: pd.DataFrame, *, max_steps: int = 8,
-                 batch_size: int = 256, learning_rate: float = 0.02, max_regression: float = 0.05,
+                 batch_size: int = 256, learning_rate: float = 0.01, max_regression: float = 0.05,
+                 min_tolerance: float = 0.005,
                  max_pairs_per_user: int = 20, max_pairs_per_item: int = 50, updates: int = 0, log=print):
         self.model = model
         self.base_version = str(base_version)
@@ -99,6 +105,7 @@ class OnlineLearner:
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.max_regression = max_regression
+        self.min_tolerance = min_tolerance
         self.max_pairs_per_user = max_pairs_per_user
         self.max_pairs_per_item = max_pairs_per_item
         self.updates = updates
@@ -125,17 +132,20 @@ class OnlineLearner:
             tower.set_weights(values)
 
     def _with_replay(self, used: pd.DataFrame) -> pd.DataFrame:
-        """The batch plus as many replayed past pairs (at least a training batch's worth).
+        """The batch (repeated when small) plus as many replayed past pairs.
 
         A burst on one item alone has no negatives in an in-batch softmax (one candidate,
         zero loss); replayed pairs bring the other items in as negatives, and keep the
         towers close to what they knew (less forgetting between daily retrains).
         """
+        # a small batch is repeated until it fills half a training batch: ten clicks must be able to move
+        # a brand-new item's embedding row, which starts at random
+        new = pd.concat([used] * max(1, -(-self.batch_size // (2 * len(used)))), ignore_index=True)
         if self.replay.empty:
-            return used
-        n = min(len(self.replay), max(len(used), self.batch_size))
+            return new
+        n = min(len(self.replay), REPLAY_RATIO * max(len(new), self.batch_size // 2))
         sample = self.replay.sample(n=n, random_state=self.updates)[used.columns.intersection(self.replay.columns)]
-        return pd.concat([used, sample], ignore_index=True)
+        return pd.concat([new, sample], ignore_index=True)
 
     def touched_segments(self, pairs: pd.DataFrame) -> list[str]:
         """The segments (exact and their fallbacks) of the batch's users: the feeds to recompute."""
@@ -153,15 +163,15 @@ class OnlineLearner:
                                 self.guard_score, time.perf_counter() - started)
         before = self._weights()
         catalogue = data.catalogue(self.catalogue, used)  # items first seen in the stream join the catalogue
-        self.model.fit(self._with_replay(used), self.users, catalogue, 1, self.batch_size, self.learning_rate,
+        self.model.fit(self._with_replay(used), self.users, catalogue, PASSES, self.batch_size, self.learning_rate,
                        log=lambda _: None)
         after = self._guard()
-        floor = self.guard_score * (1.0 - self.max_regression)
+        floor = self.guard_score - max(self.guard_score * self.max_regression, self.min_tolerance)
         if after < floor:
             self._restore(before)
             self.rollbacks += 1
-            reason = (f"rolled back: guard recall@{GUARD_K} {after:.4f} < {floor:.4f} "
-                      f"(last good {self.guard_score:.4f} - {self.max_regression:.0%})")
+            reason = (f"rolled back: guard recall@{GUARD_K} {after:.4f} < {floor:.4f} (last good "
+                      f"{self.guard_score:.4f} less {self.max_regression:.0%}, at least {self.min_tolerance})")
             self.log(f"online update {self.updates + 1}: {reason}")
             return UpdateResult(False, reason, self.version, len(pairs), len(used), self.guard_score, after,
                                 time.perf_counter() - started)

@@ -16,6 +16,10 @@ from feedloop import movielens
 from tests.integration.conftest import hive_query
 
 GENRES = ["unknown", "Action", "Comedy", "Drama"]
+# item ids no real ML-100K film has (1..1682), so these events never share an event id with the real
+# data set's (test_retrain_movielens counts those)
+ITEM_OFFSET = 9000
+FIXTURE_ITEMS = tuple(f"ml{ITEM_OFFSET + n}" for n in (1, 2, 3))
 # ratings within two hours of one day, so the sink touches two partitions
 RATINGS = [(1, 1, 5, 874965758), (1, 2, 3, 874965800), (2, 1, 4, 874966000), (2, 3, 5, 874969500),
            (3, 2, 1, 874969600), (3, 3, 4, 874969700)]
@@ -32,12 +36,12 @@ def write_ml_files(path: Path, user_offset: int = 0, day_offset_s: int = 0) -> P
     (path / "u.user").write_text(f"{ids[0]}|24|M|technician|85711\n{ids[1]}|53|F|other|94043\n"
                                  f"{ids[2]}|33|F|writer|32067\n", encoding="latin-1")
     (path / "u.item").write_text(
-        f"1|Heat (1995)|01-Jan-1995||http://x/1|{_flags('Action')}\n"
-        f"2|Clueless (1995)|01-Jan-1995||http://x/2|{_flags('Comedy')}\n"
-        f"3|Amélie (2001)|25-Apr-2001||http://x/3|{_flags('Comedy', 'Drama')}\n",
+        f"{ITEM_OFFSET + 1}|Heat (1995)|01-Jan-1995||http://x/1|{_flags('Action')}\n"
+        f"{ITEM_OFFSET + 2}|Clueless (1995)|01-Jan-1995||http://x/2|{_flags('Comedy')}\n"
+        f"{ITEM_OFFSET + 3}|Amélie (2001)|25-Apr-2001||http://x/3|{_flags('Comedy', 'Drama')}\n",
         encoding="latin-1",
     )
-    (path / "u.data").write_text("".join(f"{u + user_offset}\t{i}\t{r}\t{t + day_offset_s}\n"
+    (path / "u.data").write_text("".join(f"{u + user_offset}\t{i + ITEM_OFFSET}\t{r}\t{t + day_offset_s}\n"
                                          for u, i, r, t in RATINGS), encoding="latin-1")
     return path
 
@@ -68,7 +72,7 @@ def test_import_lands_catalogue_and_events_once_even_when_run_twice(settings, ml
     assert set(users) == {"ml1", "ml2", "ml3"}
     assert users["ml2"][:3] == ("F", 53, "other")
     items = {i: (c, k, p) for i, c, k, p in hive_query(settings, "SELECT item_id, category, keywords, price FROM items")}
-    assert items["ml3"][0] == "comedy" and items["ml3"][2] is None
+    assert items[f"ml{ITEM_OFFSET + 3}"][0] == "comedy" and items[f"ml{ITEM_OFFSET + 3}"][2] is None
 
     kinds = dict(hive_query(settings, f"SELECT event_type, COUNT(*) FROM events WHERE dt = '1997-09-22' "
                                   f"AND event_id IN ({id_list}) GROUP BY event_type"))

@@ -1,0 +1,136 @@
+"""`python -m bench.freshness`: seconds from a burst of clicks on a new item to that item in a segment's feed.
+
+Runs against the running stack (`make up`, and a champion: run the DAG once) and
+starts the online learner under the supervisor if it is not running
+(`feedloop up stream-learner`). Each trial:
+
+1. picks a segment S among the biggest of the users table, and a brand-new item id;
+2. sends ``--clicks`` clicks on it from S's users to Kafka (one burst, timestamp t0);
+3. polls Redis every 0.1 s until the item is in S's published feed (the learner's
+   fine-tune and republication), and, in the same trial, until it is in
+   ``trending:1m`` (the streaming aggregates, which learn nothing: the baseline).
+
+The last line is one JSON object: ``p50_s``, ``p95_s``, ``trials`` for the learner,
+the same for trending, and their ratio. When the learner was not running, one
+warm-up trial (its first batch loads Spark, TensorFlow and the champion) is run
+and not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+
+import numpy as np
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def segments_by_size(settings) -> list[tuple[str, list[str]]]:
+    from feature_store.segments import segment_of
+    from feedloop.services import hive_connection
+
+    cursor = hive_connection(settings, settings.hive.database).cursor()
+    cursor.execute("SELECT user_id, gender, age, interests FROM users")
+    groups: dict[str, list[str]] = {}
+    for user_id, gender, age, interests in cursor.fetchall():
+        interests = json.loads(interests) if isinstance(interests, str) else list(interests or [])
+        groups.setdefault(segment_of(gender, age, interests), []).append(user_id)
+    return sorted(groups.items(), key=lambda kv: -len(kv[1]))
+
+
+def ensure_learner(settings) -> bool:
+    """Start the learner under the supervisor if needed; True when it was just started (cold)."""
+    from feedloop import services
+
+    states = services._states(settings)
+    if states.get("stream-learner") != "RUNNING":
+        log("starting the online learner (feedloop up stream-learner)")
+        services.up(["stream-learner"], settings)
+        return True
+    return False
+
+
+def trial(settings, client, producer, segment: str, fans: list[str], clicks: int, timeout_s: float) -> dict:
+    from feature_store import online
+    from feedloop.events import new_event
+
+    item = f"fresh-{uuid.uuid4().hex[:10]}"
+    started = time.time()
+    for n in range(clicks):
+        producer.send(settings.kafka.events_topic, new_event("click", fans[n % len(fans)], item, position=0))
+    producer.flush()
+    seen: dict[str, float] = {}
+    while time.time() - started < timeout_s and len(seen) < 2:
+        if "feed" not in seen:
+            feed = online.read_feed(client, "seg", segment)
+            if feed is not None and item in feed.items:
+                seen["feed"] = time.time() - started
+                seen["version"] = feed.model_version
+        if "trending" not in seen and client.zscore(online.trending_key("1m"), item) is not None:
+            seen["trending"] = time.time() - started
+        time.sleep(0.1)
+    return {"item": item, "segment": segment, **seen}
+
+
+def _last_batch_seconds(settings) -> float | None:
+    path = settings.var / "run" / "stream-learner.json"
+    return json.loads(path.read_text()).get("seconds") if path.exists() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.freshness", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--clicks", type=int, default=40, help="clicks per burst")
+    parser.add_argument("--timeout", type=float, default=120, help="seconds to wait per trial")
+    parser.add_argument("--segments", type=int, default=5, help="rotate over the N biggest segments")
+    args = parser.parse_args(argv)
+
+    from feature_store import online
+    from feedloop.settings import get_settings
+    from feedloop.simulator import make_producer
+
+    settings = get_settings()
+    cold = ensure_learner(settings)
+    client = online.connect(settings)
+    producer = make_producer(settings)
+    groups = segments_by_size(settings)[:args.segments]
+    if not groups:
+        print("bench.freshness: the users table is empty: run `feedloop simulate` and the DAG first", file=sys.stderr)
+        return 2
+    if cold:  # its first batch loads Spark, TensorFlow, the champion and the guard set: not freshness
+        warm = trial(settings, client, producer, groups[0][0], groups[0][1][:10], args.clicks, args.timeout)
+        log(f"warm-up trial (not counted): feed {warm.get('feed', 'timeout')} s")
+    results = []
+    for n in range(args.trials):
+        segment, fans = groups[n % len(groups)]
+        result = trial(settings, client, producer, segment, fans[:10], args.clicks, args.timeout)
+        results.append(result)
+        log(f"trial {n + 1}/{args.trials}: {segment}: feed {result.get('feed', 'timeout')} s "
+            f"({result.get('version', '-')}), trending {result.get('trending', 'timeout')} s")
+    producer.close()
+    feed = [r["feed"] for r in results if "feed" in r]
+    trending = [r["trending"] for r in results if "trending" in r]
+
+    def pct(values, q):
+        return round(float(np.percentile(values, q)), 2) if values else None
+
+    out = {
+        "p50_s": pct(feed, 50), "p95_s": pct(feed, 95), "trials": len(results), "reached": len(feed),
+        "trending_p50_s": pct(trending, 50), "trending_p95_s": pct(trending, 95),
+        "ratio_p50_to_trending": round(pct(feed, 50) / pct(trending, 50), 2) if feed and trending else None,
+        "goal_p95_s": 30, "meets_goal": bool(feed) and len(feed) == len(results) and pct(feed, 95) <= 30,
+        "clicks_per_burst": args.clicks, "timeout_s": args.timeout, "learner_was_cold": cold,
+        "last_batch_seconds": _last_batch_seconds(settings),
+    }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

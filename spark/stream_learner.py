@@ -1,0 +1,272 @@
+"""Online learner: Kafka click and dwell events -> fine-tune the champion -> republish the touched segment feeds.
+
+``feedloop stream-learner [--once]``. A Spark Structured Streaming query on the
+events topic; each micro-batch (``foreachBatch``):
+
+1. keeps the valid ``click`` and ``dwell`` events (the one validator; invalid ones
+   are the events sink's business: it sends them to the DLQ) and turns them into
+   weighted pairs with the training rules (:func:`models.data.positive_pairs`);
+2. fine-tunes the current online state, started from the MLflow ``champion``
+   (:class:`models.online.OnlineLearner`: bounded steps, flood caps, guardrail with
+   rollback);
+3. recomputes the feeds of the segments the batch's users belong to (and their
+   fallbacks) and publishes them with the daily job's atomic, versioned publication
+   (:func:`feature_store.online.publish_feeds`), version ``<champion>+online.<n>``;
+   Redis down: retried with backoff until it is back (the batch is not committed
+   meanwhile);
+4. checkpoints the state under ``var/online/``: the towers saved in a directory
+   named by the batch id, then one atomic rename of the ``current.json`` pointer. A
+   replayed batch (after a crash, Spark replays the uncommitted one) whose id is not
+   above the checkpoint's is skipped, so no event is learned twice and none skipped;
+5. every ``CHECKPOINT_EVERY_S``, registers the state in MLflow under alias ``online``.
+
+A new champion replaces the online state: the next batch starts from it. Before any
+champion exists, batches are acknowledged and not learned. Progress goes to
+``var/run/stream-learner.json`` (``feedloop status``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from feedloop.events import Rejection, validate
+from feedloop.settings import Settings, get_settings
+
+APP_NAME = "feedloop-stream-learner"
+LEARN_TYPES = ("click", "dwell")
+TRIGGER_S = 2
+CHECKPOINT_EVERY_S = 600
+ONLINE_ALIAS = "online"
+REDIS_RETRY_MAX_S = 300
+GUARD_USERS = 1000  # holdout users the guardrail scores (a fixed sample: fast and stable)
+
+
+def learnable_events(values) -> pd.DataFrame:
+    """Valid click and dwell events among raw Kafka values: ``user_id, item_id, event_type, ts, dwell_ms``."""
+    rows = []
+    for value in values:
+        event = validate(bytes(value) if value is not None else None)
+        if not isinstance(event, Rejection) and event["event_type"] in LEARN_TYPES and event.get("item_id"):
+            rows.append({k: event.get(k) for k in ("user_id", "item_id", "event_type", "ts", "dwell_ms")})
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "ts", "dwell_ms"])
+
+
+def segment_feeds(model, version: str, segments: list[str], catalogue: pd.DataFrame, feed_size: int) -> dict:
+    """``{("seg", segment): Feed}`` ranked by the segment-only (cold-start) query."""
+    from feature_store import online
+    from models import data
+
+    items = catalogue["item_id"].tolist()
+    item_vectors = model.item_embeddings(items, catalogue["category"].tolist())
+    scores = model.query_embeddings([""] * len(segments), segments) @ item_vectors.T
+    now_ms = int(time.time() * 1000)
+    return {("seg", s): online.Feed(items=[items[i] for i in ranked], model_version=version, generated_at_ms=now_ms,
+                                    scores=[float(row[i]) for i in ranked])
+            for s, row, ranked in zip(segments, scores, data.top_k(scores, None, feed_size))}
+
+
+class Checkpoint:
+    """The online state on disk: ``<dir>/current.json`` points at ``<dir>/b<batch id>/`` (the towers)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.pointer = root / "current.json"
+
+    def read(self) -> dict:
+        return json.loads(self.pointer.read_text()) if self.pointer.exists() else {"batch_id": -1}
+
+    def write(self, model, state: dict) -> None:
+        target = self.root / f"b{state['batch_id']:010d}"
+        if model is not None:
+            shutil.rmtree(target, ignore_errors=True)
+            model.save(target)
+            state = {**state, "towers": target.name}
+        tmp = self.pointer.with_suffix(".tmp")
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.pointer)  # the commit point
+        for old in self.root.glob("b*"):
+            if old.name != state.get("towers"):
+                shutil.rmtree(old, ignore_errors=True)
+
+
+class LearnerSink:
+    """foreachBatch target: learn, publish, checkpoint (see the module docstring)."""
+
+    def __init__(self, spark, settings: Settings, log=print):
+        self.spark = spark
+        self.settings = settings
+        self.log = log
+        self.checkpoint = Checkpoint(settings.var / "online")
+        self.state = self.checkpoint.read()
+        self.learner = None
+        self.progress_path = settings.var / "run" / "stream-learner.json"
+        self.totals = {"batches": 0, "events": 0, "accepted": 0, "rolled_back": 0, "published": 0}
+        self.last_mlflow = time.time()
+        self.lag_s: float | None = None  # now - the newest learned event's time
+
+    # -- the state to learn on -------------------------------------------------
+    def _champion(self):
+        from models.train import CHAMPION, aliased_version, configure_mlflow
+
+        client = configure_mlflow(self.settings)
+        return aliased_version(client, self.settings.mlflow.model_name, CHAMPION)
+
+    def _load(self, champion):
+        """An OnlineLearner on ``champion``: from the local checkpoint when it is that champion's state."""
+        from models import data
+        from models.online import OnlineLearner
+        from models.train import read_training_set
+        from models.two_tower import TwoTower, load_registered
+
+        ds = champion.tags.get("ds")
+        train, holdout, users, items = read_training_set(self.spark, ds, self.settings.hive.database)
+        resumed = self.state.get("base_version") == str(champion.version) and self.state.get("towers")
+        if resumed:
+            model = TwoTower.load(self.checkpoint.root / self.state["towers"])
+        else:
+            model = load_registered(self.settings.mlflow.model_name, champion.version)
+        guard_users = holdout["user_id"].drop_duplicates().sample(frac=1.0, random_state=0).head(GUARD_USERS)
+        holdout = holdout[holdout["user_id"].isin(set(guard_users))]
+        catalogue = data.catalogue(items, train, holdout)
+        ms = self.settings.model
+        learner = OnlineLearner(model, str(champion.version), data.user_features(users), catalogue, train, holdout,
+                                updates=self.state.get("updates", 0) if resumed else 0, log=self.log,
+                                learning_rate=ms.online_learning_rate, max_steps=ms.online_max_steps,
+                                max_regression=ms.online_max_regression, min_tolerance=ms.online_min_tolerance)
+        self.log(f"online learner on champion v{champion.version} (ds {ds}); "
+                 + (f"resumed at {learner.version}" if resumed else "fresh from the registry"), flush=True)
+        return learner
+
+    # -- one micro-batch ----------------------------------------------------
+    def __call__(self, batch_df, batch_id: int) -> None:
+        if batch_id <= self.state.get("batch_id", -1):
+            self.log(f"batch {batch_id}: already learned (checkpoint at {self.state['batch_id']}); skipped", flush=True)
+            return
+        started = time.time()
+        events = learnable_events(batch_df.select("value").toPandas()["value"])
+        champion = self._champion()
+        if champion is None:
+            self._commit(batch_id, None, started, len(events), "no champion yet: not learned")
+            return
+        if self.learner is None or self.learner.base_version != str(champion.version):
+            self.learner = self._load(champion)
+        self.lag_s = time.time() - events["ts"].max() / 1000 if not events.empty else None
+        if events.empty:
+            self._commit(batch_id, self.learner, started, 0, "no click or dwell events")
+            return
+        from models import data
+
+        result = self.learner.update(data.positive_pairs(events))
+        if result.accepted:
+            self._publish(result)
+        self.totals["accepted" if result.accepted else "rolled_back"] += 1
+        self._commit(batch_id, self.learner, started, len(events), result.reason, result)
+        self._maybe_register()
+
+    def _publish(self, result) -> None:
+        from feature_store import online
+
+        feeds = segment_feeds(self.learner.model, self.learner.version, result.segments, self.learner.catalogue,
+                              self.settings.model.feed_size)
+        delay, waited = 1.0, 0.0
+        while True:
+            try:
+                online.publish_feeds(online.connect(self.settings), feeds, ttl_s=self.settings.redis.feed_ttl_s)
+                self.totals["published"] += len(feeds)
+                return
+            except Exception as exc:  # redis down: retry, the batch stays uncommitted
+                if waited >= REDIS_RETRY_MAX_S:
+                    raise
+                self.log(f"publish of {len(feeds)} feeds failed ({exc}); retrying in {delay:.0f}s", flush=True)
+                time.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 30.0)
+
+    def _commit(self, batch_id: int, learner, started: float, n_events: int, reason: str, result=None) -> None:
+        self.totals["batches"] += 1
+        self.totals["events"] += n_events
+        state = {"batch_id": batch_id, "updated_at": time.time()}
+        if learner is not None:
+            state.update(base_version=learner.base_version, updates=learner.updates, version=learner.version)
+        # the towers are saved only when they changed; otherwise the pointer keeps the last ones
+        changed = result is not None and result.accepted
+        if not changed and self.state.get("towers") and learner is not None \
+                and self.state.get("base_version") == learner.base_version:
+            state["towers"] = self.state["towers"]
+        self.checkpoint.write(learner.model if changed else None, state)
+        self.state = self.checkpoint.read()
+        progress = {**state, "seconds": round(time.time() - started, 2), "events": n_events, "reason": reason,
+                    "lag_s": round(self.lag_s, 1) if self.lag_s is not None else None, "since_start": self.totals}
+        if result is not None:
+            progress.update(guard_before=result.guard_before, guard_after=result.guard_after, segments=len(result.segments))
+        self.progress_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.progress_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(progress))
+        tmp.replace(self.progress_path)
+        self.log(f"batch {batch_id}: {n_events} click/dwell events; {reason}"
+                 + (f"; {learner.version}" if learner is not None else "")
+                 + f" ({time.time() - started:.1f}s)", flush=True)
+
+    def _maybe_register(self) -> None:
+        """Every CHECKPOINT_EVERY_S: the online state as a registered version with alias ``online``."""
+        if time.time() - self.last_mlflow < CHECKPOINT_EVERY_S or not self.learner.updates:
+            return
+        import mlflow
+
+        from models.train import _log_model, configure_mlflow
+
+        client = configure_mlflow(self.settings)
+        mlflow.set_experiment(self.settings.mlflow.experiment)
+        with mlflow.start_run(run_name=f"online {self.learner.version}"):
+            mlflow.set_tags({"model_type": "two-tower-online", "online_version": self.learner.version,
+                             "base_version": self.learner.base_version, "batch_id": self.state["batch_id"]})
+            version = _log_model(self.learner.model, self.settings, self.log)
+        client.set_registered_model_alias(self.settings.mlflow.model_name, ONLINE_ALIAS, version)
+        client.set_model_version_tag(self.settings.mlflow.model_name, version, "online_version", self.learner.version)
+        self.last_mlflow = time.time()
+        self.log(f"online state {self.learner.version} registered as v{version} (@{ONLINE_ALIAS})", flush=True)
+
+
+def main(args) -> int:
+    from feedloop.spark import get_spark
+    from spark.stream_events import checkpoint_dir
+
+    settings = get_settings()
+    spark = get_spark(APP_NAME, with_kafka=True, settings=settings)
+    spark.conf.set("spark.sql.shuffle.partitions", "2")
+    k = settings.kafka
+    sink = LearnerSink(spark, settings)
+    reader = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", k.bootstrap)
+              .option("subscribe", k.events_topic)
+              .option("startingOffsets", "latest")  # the learner follows the present; history is the daily job's
+              .option("maxOffsetsPerTrigger", 50_000)
+              .option("kafka.request.timeout.ms", k.request_timeout_ms * 6)
+              .option("failOnDataLoss", "false")
+              .load())
+    writer = (reader.writeStream.foreachBatch(sink).queryName("events_to_learner")
+              .option("checkpointLocation", checkpoint_dir(settings, "stream-learner").as_uri()))
+    writer = writer.trigger(availableNow=True) if args.once else writer.trigger(processingTime=f"{TRIGGER_S} seconds")
+    query = writer.start()
+    print(f"learning from {k.events_topic} ({', '.join(LEARN_TYPES)}); state in {sink.checkpoint.root}", flush=True)
+    query.awaitTermination()
+    t = sink.totals
+    print(f"stream-learner done: {t['batches']} batches, {t['events']} click/dwell events, {t['accepted']} updates "
+          f"accepted, {t['rolled_back']} rolled back, {t['published']} segment feeds published")
+    return 0
+
+
+def progress_summary(settings: Settings) -> str:
+    """One line for `feedloop status`."""
+    path = settings.var / "run" / "stream-learner.json"
+    if not path.exists():
+        return ""
+    state = json.loads(path.read_text())
+    lag = f", event lag {state['lag_s']:.1f}s" if state.get("lag_s") is not None else ""
+    return (f"stream-learner: {state.get('version', 'no model')} after batch {state['batch_id']} "
+            f"{time.time() - state['updated_at']:.0f}s ago ({state.get('reason', '')}{lag})")
