@@ -56,6 +56,14 @@ def _wait(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", default="events")
 
 
+def _backfill(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dag_id", nargs="?", default="feedloop_daily_retrain")
+    parser.add_argument("--from-date", required=True, help="first day, YYYY-MM-DD")
+    parser.add_argument("--to-date", required=True, help="last day, YYYY-MM-DD (inclusive)")
+    parser.add_argument("--max-active-runs", type=int, default=2, help="days run at once (default 2)")
+    parser.add_argument("--timeout", type=float, default=6 * 3600)
+
+
 def _dag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dag_id", nargs="?", default="feedloop_daily_retrain")
     _ds(parser)
@@ -97,6 +105,8 @@ COMMANDS = {
     "report": ("models.publish:report", "print a summary of a day's retrain", _ds),
     "serve": ("serving.app:main", "run the feed API", _none),
     "run-dag": ("feedloop.airflow_client:cmd_run_dag", "trigger an Airflow DAG run for --ds and wait for it", _dag),
+    "backfill": ("feedloop.airflow_client:cmd_backfill", "backfill a DAG over a range of days (Airflow's backfill) "
+                 "and follow it", _backfill),
     "demo": ("feedloop.demo:main", "run the walking skeleton end to end and print where to look", _none),
 }
 

@@ -28,6 +28,7 @@ champion exists, batches are acknowledged and not learned. Progress goes to
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ TRIGGER_S = 2
 CHECKPOINT_EVERY_S = 600
 ONLINE_ALIAS = "online"
 REDIS_RETRY_MAX_S = 300
+CRASH_ENV = "LEARNER_FAULT"  # tests only: "after-publish" kills the process at the worst moment
 GUARD_USERS = 1000  # holdout users the guardrail scores (a fixed sample: fast and stable)
 
 
@@ -165,6 +167,9 @@ class LearnerSink:
         result = self.learner.update(data.positive_pairs(events))
         if result.accepted:
             self._publish(result)
+        if os.environ.get(CRASH_ENV) == "after-publish":  # fault injection for the crash test
+            self.log(f"batch {batch_id}: {CRASH_ENV}=after-publish: dying before the checkpoint", flush=True)
+            os._exit(137)
         self.totals["accepted" if result.accepted else "rolled_back"] += 1
         self._commit(batch_id, self.learner, started, len(events), result.reason, result)
         self._maybe_register()
