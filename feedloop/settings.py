@@ -171,6 +171,7 @@ class ModelSettings(_Section):
     online_max_steps: int = 8  # steps per pass over an update's new pairs
     online_max_regression: float = 0.05  # guardrail: relative loss of holdout recall@10 that rolls back ...
     online_min_tolerance: float = 0.005  # ... when it is also more than this, absolute
+    online_max_drift: float = 0.2  # guardrail: relative loss against the champion's score the online state may build up
 
 
 class Settings(_Section):

@@ -212,6 +212,28 @@ class Simulator:
         total = sum(user.preference.get(c, OTHER_WEIGHT) for c in self.categories)
         return user.preference.get(category, OTHER_WEIGHT) / total
 
+    # -- drift ------------------------------------------------------------
+    def release(self, items: list[Item]) -> None:
+        """New items join the catalogue from now on (users can pick them; feeds can show them)."""
+        for item in items:
+            if item.item_id in self.item_by_id:
+                continue
+            self.items.append(item)
+            self.item_by_id[item.item_id] = item
+            self.by_category.setdefault(item.category, []).append(item)
+        self.categories = sorted(self.by_category)
+        self._base_weights.clear()
+
+    def drift(self, users: list[User], preference: dict[str, float]) -> None:
+        """``users``' hidden preferences change: each category in ``preference`` gets that weight.
+
+        What they do from now on (organic picks, clicks, dwell) follows the new
+        weights; what they declared (``interests``, hence their segment) stays.
+        """
+        for user in users:
+            user.preference.update(preference)
+            self._base_weights.pop(user.user_id, None)
+
     # -- time and promotions ------------------------------------------------
     @staticmethod
     def _dt(ts_ms: int) -> datetime:

@@ -82,7 +82,8 @@ class Checkpoint:
     def read(self) -> dict:
         return json.loads(self.pointer.read_text()) if self.pointer.exists() else {"batch_id": -1}
 
-    def write(self, model, state: dict) -> None:
+    def write(self, model, state: dict) -> dict:
+        """Save ``model``'s towers (when given) and commit ``state`` as the pointer; returns what was committed."""
         target = self.root / f"b{state['batch_id']:010d}"
         if model is not None:
             shutil.rmtree(target, ignore_errors=True)
@@ -95,6 +96,7 @@ class Checkpoint:
         for old in self.root.glob("b*"):
             if old.name != state.get("towers"):
                 shutil.rmtree(old, ignore_errors=True)
+        return state
 
 
 class LearnerSink:
@@ -111,13 +113,16 @@ class LearnerSink:
         self.totals = {"batches": 0, "events": 0, "accepted": 0, "rolled_back": 0, "published": 0}
         self.last_mlflow = time.time()
         self.lag_s: float | None = None  # now - the newest learned event's time
+        self._mlflow = None  # clients made once, on first use
+        self._redis = None
 
     # -- the state to learn on -------------------------------------------------
     def _champion(self):
         from models.train import CHAMPION, aliased_version, configure_mlflow
 
-        client = configure_mlflow(self.settings)
-        return aliased_version(client, self.settings.mlflow.model_name, CHAMPION)
+        if self._mlflow is None:
+            self._mlflow = configure_mlflow(self.settings)
+        return aliased_version(self._mlflow, self.settings.mlflow.model_name, CHAMPION)
 
     def _load(self, champion):
         """An OnlineLearner on ``champion``: from the local checkpoint when it is that champion's state."""
@@ -140,7 +145,9 @@ class LearnerSink:
         learner = OnlineLearner(model, str(champion.version), data.user_features(users), catalogue, train, holdout,
                                 updates=self.state.get("updates", 0) if resumed else 0, log=self.log,
                                 learning_rate=ms.online_learning_rate, max_steps=ms.online_max_steps,
-                                max_regression=ms.online_max_regression, min_tolerance=ms.online_min_tolerance)
+                                max_regression=ms.online_max_regression, min_tolerance=ms.online_min_tolerance,
+                                max_drift=ms.online_max_drift,
+                                base_score=self.state.get("base_score") if resumed else None)
         self.log(f"online learner on champion v{champion.version} (ds {ds}); "
                  + (f"resumed at {learner.version}" if resumed else "fresh from the registry"), flush=True)
         return learner
@@ -182,7 +189,9 @@ class LearnerSink:
         delay, waited = 1.0, 0.0
         while True:
             try:
-                online.publish_feeds(online.connect(self.settings), feeds, ttl_s=self.settings.redis.feed_ttl_s)
+                if self._redis is None:
+                    self._redis = online.connect(self.settings)
+                online.publish_feeds(self._redis, feeds, ttl_s=self.settings.redis.feed_ttl_s)
                 self.totals["published"] += len(feeds)
                 return
             except Exception as exc:  # redis down: retry, the batch stays uncommitted
@@ -198,18 +207,22 @@ class LearnerSink:
         self.totals["events"] += n_events
         state = {"batch_id": batch_id, "updated_at": time.time()}
         if learner is not None:
-            state.update(base_version=learner.base_version, updates=learner.updates, version=learner.version)
+            state.update(base_version=learner.base_version, updates=learner.updates, version=learner.version,
+                         base_score=learner.base_score)
         # the towers are saved only when they changed; otherwise the pointer keeps the last ones
         changed = result is not None and result.accepted
         if not changed and self.state.get("towers") and learner is not None \
                 and self.state.get("base_version") == learner.base_version:
             state["towers"] = self.state["towers"]
-        self.checkpoint.write(learner.model if changed else None, state)
-        self.state = self.checkpoint.read()
+        self.state = self.checkpoint.write(learner.model if changed else None, state)
         progress = {**state, "seconds": round(time.time() - started, 2), "events": n_events, "reason": reason,
                     "lag_s": round(self.lag_s, 1) if self.lag_s is not None else None, "since_start": self.totals}
         if result is not None:
-            progress.update(guard_before=result.guard_before, guard_after=result.guard_after, segments=len(result.segments))
+            progress.update(guard_before=result.guard_before, guard_after=result.guard_after, floor=result.floor,
+                            step_share=result.step_share, accepted=result.accepted, pairs_in=result.pairs_in,
+                            pairs_used=result.pairs_used, top_user_pairs=result.top_user_pairs,
+                            top_item_pairs=result.top_item_pairs, top_pair_weight=result.top_pair_weight,
+                            segments=len(result.segments))
         self.progress_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.progress_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(progress))
@@ -226,7 +239,7 @@ class LearnerSink:
 
         from models.train import _log_model, configure_mlflow
 
-        client = configure_mlflow(self.settings)
+        client = self._mlflow or configure_mlflow(self.settings)
         mlflow.set_experiment(self.settings.mlflow.experiment)
         with mlflow.start_run(run_name=f"online {self.learner.version}"):
             mlflow.set_tags({"model_type": "two-tower-online", "online_version": self.learner.version,

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from models import data
-from models.online import OnlineLearner, bounded_pairs
+from models.online import MAX_PAIR_WEIGHT, OnlineLearner, bounded_pairs
 
 tf = pytest.importorskip("tensorflow")
 
@@ -56,6 +56,9 @@ def test_bounded_pairs_caps_floods_from_one_user_and_on_one_item():
     assert out.loc[out["user_id"] == "a", "weight"].tolist() == [4.0]  # a pair's weights are summed first
     assert out.loc[out["user_id"] == "bot", "ts"].min() == 480  # the latest of equal weight are kept
     assert len(bounded_pairs(pd.concat([flood_user, flood_item]), 500, 500, max_total=64)) == 64
+    repeat = pd.DataFrame({"user_id": "bot", "item_id": "x", "weight": 2.0, "ts": np.arange(1000)})
+    capped = bounded_pairs(pd.concat([repeat, normal]), 20, 50, 10_000)
+    assert capped.loc[capped["user_id"] == "bot", "weight"].tolist() == [MAX_PAIR_WEIGHT]  # not 2,000
 
 
 def test_a_burst_of_clicks_moves_a_new_item_up_its_segments_feed(champion):
@@ -88,3 +91,43 @@ def test_a_harmful_update_is_rolled_back_exactly(champion):
     assert learner.version == "7" and learner.rollbacks == 1
     restored = [w for tower in (model.query_tower, model.item_tower) for w in tower.get_weights()]
     assert all(np.array_equal(a, b) for a, b in zip(weights, restored))
+
+
+def test_an_overshooting_update_keeps_the_share_of_its_step_the_guardrail_allows(champion, monkeypatch):
+    learner = _learner(champion, max_regression=0.05, min_tolerance=0.0)
+    model = champion[0]
+    before = [w.copy() for tower in (model.query_tower, model.item_tower) for w in tower.get_weights()]
+    good = learner.guard_score
+    # the guard scores the full step 20% worse, the half step 1% worse: the half step is kept
+    scores = iter([good * 0.8, good * 0.99])
+    monkeypatch.setattr(learner, "_guard", lambda: next(scores))
+    full = {}
+    original_fit = model.fit
+
+    def fit(*args, **kwargs):
+        losses = original_fit(*args, **kwargs)
+        full["weights"] = [w.copy() for tower in (model.query_tower, model.item_tower) for w in tower.get_weights()]
+        return losses
+
+    monkeypatch.setattr(model, "fit", fit)
+    burst = pd.DataFrame({"user_id": ["u1", "u2", "u3"] * 5, "item_id": "new-item", "weight": 1.0, "ts": 1})
+    result = learner.update(burst)
+    assert result.accepted and result.step_share == 0.5, result
+    assert result.reason.startswith("accepted at 0.5 of the step")
+    assert learner.guard_score == pytest.approx(good * 0.99) and learner.version == "7+online.1"
+    kept = [w for tower in (model.query_tower, model.item_tower) for w in tower.get_weights()]
+    changed = [n for n, (b, f) in enumerate(zip(before, full["weights"])) if not np.array_equal(b, f)]
+    assert changed
+    for n in changed:  # the weights moved exactly half way from before to the full step
+        np.testing.assert_allclose(kept[n], before[n] + 0.5 * (full["weights"][n] - before[n]), rtol=1e-5, atol=1e-6)
+
+
+def test_the_online_state_cannot_drift_further_than_the_bound_from_the_champion(champion):
+    learner = _learner(champion, max_regression=0.05, max_drift=0.2, min_tolerance=0.0)
+    champion_score = learner.guard_score
+    assert learner.floor() == pytest.approx(champion_score * 0.95)  # one update: 5% of the last good state
+    learner.guard_score = champion_score * 0.82  # after several accepted updates, each within 5%
+    # the next may not take the state below 80% of the champion's score, though 5% of 0.82 would allow 0.779
+    assert learner.floor() == pytest.approx(champion_score * 0.8)
+    resumed = _learner(champion, base_score=champion_score * 2)  # a resumed state keeps the champion's base
+    assert resumed.base_score == pytest.approx(champion_score * 2)

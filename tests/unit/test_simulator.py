@@ -8,7 +8,7 @@ import pytest
 
 from feedloop.events import EVENT_TYPES, Rejection, validate
 from feedloop.simulator import (
-    EVENT_MIX, INTEREST_WEIGHTS, PROMO_BOOST, FeedStats, Promotion, Simulator, click_probability,
+    EVENT_MIX, INTEREST_WEIGHTS, PROMO_BOOST, FeedStats, Item, Promotion, Simulator, click_probability,
     diurnal_multiplier, make_catalog, sql_literal,
 )
 
@@ -201,3 +201,24 @@ def test_sql_literals_are_escaped_and_typed():
     assert sql_literal(["a", "b'c"]) == "CAST(array('a', 'b\\'c') AS ARRAY<STRING>)"
     assert sql_literal([]) == "CAST(array() AS ARRAY<STRING>)"
     assert sql_literal(3) == "3" and sql_literal(2.5) == "2.5"
+
+
+def test_drift_moves_users_to_a_released_trend_and_leaves_the_rest():
+    users, items = make_catalog(300, 200, seed=9, now_ms=NOW_MS)
+    sim = Simulator(users, items, seed=9, now_ms=NOW_MS)
+    adopters = [u for u in users if u.interests[0] == "comedy"]
+    others = [u for u in users if u.interests[0] != "comedy"]
+    trend = [Item(f"t{j}", f"Viral #{j}", "viral", ["new"], 9.99, NOW_MS) for j in range(5)]
+    assert all(sim.pick_item(u).item_id not in {i.item_id for i in trend} for u in users for _ in range(3))
+    sim.release(trend)
+    sim.drift(adopters, {"viral": 4.0, "comedy": 0.7})
+    assert "viral" in sim.categories and sim.item_by_id["t0"].category == "viral"
+
+    def share(group, category):
+        picks = [sim.pick_item(u).category for u in group for _ in range(30)]
+        return picks.count(category) / len(picks)
+
+    assert share(adopters, "viral") > 0.4 and share(others, "viral") < 0.05  # what they now seek
+    assert share(adopters, "comedy") < 0.15
+    assert click_probability(adopters[0], "viral", 0) > click_probability(adopters[0], "comedy", 0) * 4
+    assert adopters[0].interests[0] == "comedy"  # what they declared (their segment) stays
