@@ -1,7 +1,8 @@
 """`feedloop demo`: start everything and push one day of simulated events around the whole loop.
 
 event -> Kafka -> Spark streaming sink -> Hive -> Airflow-run retrain -> MLflow ->
-Redis feeds -> feed API; then print where to look.
+Redis feeds -> feed API; then the online learner is started on the new champion
+(clicks from now on fine-tune it and republish segment feeds); then print where to look.
 """
 
 from __future__ import annotations
@@ -29,17 +30,17 @@ def run_skeleton(settings, ds: str, events: int = DEMO_EVENTS) -> dict:
     from spark.partitions import partition_rows, wait_for_rows
 
     before = partition_rows(settings, "events", ds)
-    print(f"[1/4] simulating {events} events for {ds} into Kafka", flush=True)
+    print(f"[1/5] simulating {events} events for {ds} into Kafka", flush=True)
     sim_args = argparse.Namespace(users=DEMO_USERS, items=DEMO_ITEMS, events=events, rate=0, duration=0,
                                   seed=7, ds=ds, no_catalog=False)
     simulator.main(sim_args)
-    print("[2/4] waiting for the streaming sink to land them in Hive", flush=True)
+    print("[2/5] waiting for the streaming sink to land them in Hive", flush=True)
     rows = wait_for_rows(settings, ds, before + events)
     print(f"      feedloop.events dt={ds}: {rows} rows", flush=True)
-    print("[3/4] running feedloop_daily_retrain through Airflow", flush=True)
+    print("[3/5] running feedloop_daily_retrain through Airflow", flush=True)
     if cmd_run_dag(argparse.Namespace(dag_id="feedloop_daily_retrain", ds=ds, timeout=1800)) != 0:
         raise SystemExit(f"the DAG run failed; see {settings.log_dir / 'airflow'}")
-    print("[4/4] reading a feed from the API", flush=True)
+    print("[4/5] reading a feed from the API", flush=True)
     feed = fetch_json(f"http://{settings.bind_host}:{settings.api.port}/v1/feeds/users/u000001?limit=5")
     return {"rows": rows, "feed": feed}
 
@@ -57,6 +58,8 @@ def main(args) -> int:
     settings = get_settings()
     ds = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     result = run_skeleton(settings, ds)
+    print("[5/5] starting the online learner on the champion (feedloop up stream-learner)", flush=True)
+    up(["stream-learner"], settings)
     feed = result["feed"]
     host = settings.bind_host
     beeline = ".venv/lib/python3.11/site-packages/pyspark/bin/beeline"
@@ -71,6 +74,9 @@ from source '{feed.get('source')}', model version {feed.get('model_version')}: {
 
   {beeline} -u jdbc:hive2://{settings.hive.hs2_host}:{settings.hive.hs2_port} -e "select count(*) from feedloop.events"
   curl -s http://{host}:{settings.api.port}/v1/feeds/users/u000001?limit=5
+
+The online learner runs too: clicks and dwell from now on fine-tune the champion and republish the segment
+feeds they touch as <version>+online.<n> (`feedloop simulate --api http://{host}:{settings.api.port}` sends some).
 
 Everything keeps running: `make status` shows it, `make down` stops it. Logs: {settings.log_dir}""")
     return 0

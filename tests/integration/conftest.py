@@ -9,12 +9,15 @@ for quick reruns while developing).
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import redis
 
 REPO = Path(__file__).resolve().parents[2]
 PORT_SHIFT = 20000
@@ -86,3 +89,46 @@ def hive_query(settings, sql: str) -> list[tuple]:
         return cursor.fetchall()
     finally:
         conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    """A throwaway redis-server (no persistence) on a fixed free port; can be stopped and restarted."""
+
+    def __init__(self, workdir: Path, password: str = "") -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.password = password
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> redis.Redis:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir), *(["--requirepass", self.password] if self.password else [])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, password=self.password or None, decode_responses=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return client
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "private redis-server did not start"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # in case a test left it stopped
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def pause(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)

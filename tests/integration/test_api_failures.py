@@ -11,16 +11,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
@@ -30,17 +25,12 @@ import uvicorn
 from feature_store import online
 from serving.app import create_app
 from serving.served_log import ServedLog
+from tests.integration.conftest import PrivateRedis, free_port
 
 pytestmark = pytest.mark.integration
 
 MAX_ANSWER_S = 1.0
 LOAD_THREADS = 6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -59,42 +49,6 @@ def serving(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=20)
-
-
-class PrivateRedis:
-    """A throwaway redis-server (no persistence) on a fixed free port; can be stopped and restarted."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> redis.Redis:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, decode_responses=True)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return client
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "private redis-server did not start"
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)  # in case a test left it stopped
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-    def pause(self) -> None:
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        os.kill(self.proc.pid, signal.SIGCONT)
 
 
 @pytest.fixture

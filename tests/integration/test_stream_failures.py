@@ -22,7 +22,6 @@ import pytest
 
 from feedloop.events import new_event
 from feedloop.services import supervisor
-from spark.partitions import partition_rows
 
 
 def day_ts(ds: str) -> int:
