@@ -107,7 +107,7 @@ def plot(rounds: pd.DataFrame, drift_round: int, path: Path) -> Path:
     ax.set_xlabel("round (one learner micro-batch = 1 min of event time)")
     ax.set_ylabel("feed CTR (clicks / impressions)")
     ax.set_title("Closed loop: feed CTR with the online learner vs the frozen champion")
-    ax.legend(loc="center right")
+    ax.legend(loc="center right", bbox_to_anchor=(1.0, 0.32))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         "trend_share_frozen_after_drift": round(float(after["trend_share_frozen"].mean()), 3),
         "learner_wins": bool(ctr(rounds, "learner") > ctr(rounds, "frozen") and z_after > 2),
         "updates_accepted": learner.updates, "updates_rolled_back": learner.rollbacks,
+        "guard_recall_champion": round(learner.base_score, 4), "guard_recall_final": round(learner.guard_score, 4),
         "final_version": learner.version, "rounds": args.rounds, "drift_round": args.drift_round,
         "impressions": int(rounds["shown_learner"].sum() + rounds["shown_frozen"].sum()), "seed": args.seed,
         "seconds": round(time.time() - started, 1),
