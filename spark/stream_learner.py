@@ -165,7 +165,8 @@ class LearnerSink:
             return
         if self.learner is None or self.learner.base_version != str(champion.version):
             self.learner = self._load(champion)
-        self.lag_s = time.time() - events["ts"].max() / 1000 if not events.empty else None
+        # producers' clocks (and the simulator's click times) can run ahead by seconds: no negative lag
+        self.lag_s = max(0.0, time.time() - events["ts"].max() / 1000) if not events.empty else None
         if events.empty:
             self._commit(batch_id, self.learner, started, 0, "no click or dwell events")
             return
