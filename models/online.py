@@ -54,7 +54,7 @@ REPLAY_RATIO = 1  # replayed past pairs per new training row
 
 
 def bounded_pairs(pairs: pd.DataFrame, max_per_user: int, max_per_item: int, max_total: int,
-                  seed: int = 0, max_weight: float = None) -> pd.DataFrame:
+                  seed: int = 0, max_weight: float | None = None) -> pd.DataFrame:
     """At most ``max_per_user`` pairs per user, ``max_per_item`` per item and ``max_total`` in all.
 
     Within a user (then an item) the heaviest, then latest, pairs are kept; the

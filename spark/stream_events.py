@@ -155,10 +155,7 @@ class HiveEventsSink:
         self.totals["duplicates"] += dups
         state = {"batch_id": batch_id, "updated_at": time.time(), "batch_seconds": round(seconds, 2),
                  "last_batch": {"written": fresh, "rejected": rejected, "duplicates": dups}, "since_start": self.totals}
-        self.progress_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.progress_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.progress_path)
+        write_json_atomic(self.progress_path, state)
         print(f"batch {batch_id}: {fresh} events -> {self.table}, {rejected} -> DLQ, {dups} duplicates dropped "
               f"({seconds:.1f}s)", flush=True)
 
@@ -179,6 +176,14 @@ def read_kafka(spark, settings: Settings, topic: str | None = None):
 
 AGGREGATES_TRIGGER_S = 1
 SERVED_TRIGGER_S = 30
+
+
+def write_json_atomic(path: Path, value) -> None:
+    """Write ``value`` as JSON to ``path`` through a rename: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)
 
 
 def checkpoint_dir(settings: Settings, query: str = "stream-events") -> Path:

@@ -31,12 +31,14 @@ import json
 import os
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
 from feedloop.events import Rejection, validate
 from feedloop.settings import Settings, get_settings
+from spark.stream_events import checkpoint_dir, write_json_atomic
 
 APP_NAME = "feedloop-stream-learner"
 LEARN_TYPES = ("click", "dwell")
@@ -89,10 +91,7 @@ class Checkpoint:
             shutil.rmtree(target, ignore_errors=True)
             model.save(target)
             state = {**state, "towers": target.name}
-        tmp = self.pointer.with_suffix(".tmp")
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.pointer)  # the commit point
+        write_json_atomic(self.pointer, state)  # the commit point
         for old in self.root.glob("b*"):
             if old.name != state.get("towers"):
                 shutil.rmtree(old, ignore_errors=True)
@@ -218,16 +217,10 @@ class LearnerSink:
         self.state = self.checkpoint.write(learner.model if changed else None, state)
         progress = {**state, "seconds": round(time.time() - started, 2), "events": n_events, "reason": reason,
                     "lag_s": round(self.lag_s, 1) if self.lag_s is not None else None, "since_start": self.totals}
-        if result is not None:
-            progress.update(guard_before=result.guard_before, guard_after=result.guard_after, floor=result.floor,
-                            step_share=result.step_share, accepted=result.accepted, pairs_in=result.pairs_in,
-                            pairs_used=result.pairs_used, top_user_pairs=result.top_user_pairs,
-                            top_item_pairs=result.top_item_pairs, top_pair_weight=result.top_pair_weight,
+        if result is not None:  # the update's figures (guard scores, floor, pairs in/used, flood caps' effect)
+            progress.update({k: v for k, v in asdict(result).items() if k not in ("reason", "version", "seconds")},
                             segments=len(result.segments))
-        self.progress_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.progress_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(progress))
-        tmp.replace(self.progress_path)
+        write_json_atomic(self.progress_path, progress)
         self.log(f"batch {batch_id}: {n_events} click/dwell events; {reason}"
                  + (f"; {learner.version}" if learner is not None else "")
                  + f" ({time.time() - started:.1f}s)", flush=True)
@@ -254,7 +247,6 @@ class LearnerSink:
 
 def main(args) -> int:
     from feedloop.spark import get_spark
-    from spark.stream_events import checkpoint_dir
 
     settings = get_settings()
     spark = get_spark(APP_NAME, with_kafka=True, settings=settings)

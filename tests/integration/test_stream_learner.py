@@ -78,13 +78,9 @@ class Learner:
 
 
 def _biggest_segment(settings) -> tuple[str, list[str]]:
-    from feature_store.segments import segment_of
+    from bench.freshness import segments_by_size
 
-    by_segment: dict[str, list[str]] = {}
-    for user_id, gender, age, interests in hive_query(settings, "SELECT user_id, gender, age, interests FROM users"):
-        interests = json.loads(interests) if isinstance(interests, str) else list(interests or [])  # PyHive: JSON
-        by_segment.setdefault(segment_of(gender, age, interests), []).append(user_id)
-    return max(by_segment.items(), key=lambda kv: len(kv[1]))
+    return segments_by_size(settings)[0]
 
 
 def _progress(settings) -> dict:
