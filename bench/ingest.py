@@ -220,16 +220,6 @@ def produce(settings, backend: str, n_events: int) -> dict:
     return {"events": acked, "failed": producer.failed, "seconds": round(seconds, 2), "per_s": round(acked / seconds)}
 
 
-def redis_event_count(client, user_ids: list[str]) -> int:
-    """Events aggregated into Redis so far: the sum of the users' per-event-type counters."""
-    from feature_store.online import user_stats_key
-
-    pipe = client.pipeline(transaction=False)
-    for user in user_ids:
-        pipe.hvals(user_stats_key(user))
-    return sum(int(v) for values in pipe.execute() for v in values)
-
-
 def sink_progress(settings) -> dict | None:
     path = settings.var / "run" / "stream-events.json"
     try:
@@ -254,15 +244,15 @@ def steady_rate(timeline: list[tuple[float, int]], expected: int) -> tuple[float
 
 
 def drain(settings, expected: int, timeout_s: float) -> dict:
-    """Start the sink on the backlog; time Hive (progress file) and Redis (user stats) reaching ``expected``."""
-    from feature_store.online import connect
-    from feedloop.services import supervisor
-    from feedloop.simulator import make_catalog
+    """Start the sink on the backlog; time Hive and the Redis aggregates (the sink's progress) reaching ``expected``.
 
-    users, _ = make_catalog(N_USERS, N_ITEMS, SEED)
-    user_ids = [u.user_id for u in users]
-    client = connect(settings)
+    The sink applies each batch to Redis, then writes it to Hive; its progress file
+    counts both (``aggregated``, ``valid``) since it started.
+    """
+    from feedloop.services import supervisor
+
     pid = int((settings.var / "run" / "supervisord.pid").read_text())
+    (settings.var / "run" / "stream-events.json").unlink(missing_ok=True)  # progress of an earlier run
     cpu = CpuSampler(pid)
     cpu.start()
     started = time.time()
@@ -275,14 +265,11 @@ def drain(settings, expected: int, timeout_s: float) -> dict:
         now = time.time() - started
         progress = sink_progress(settings)
         hive = progress["since_start"]["valid"] if progress else 0
+        redis_n = progress["since_start"].get("aggregated", 0) if progress else 0
         if progress:
             batches[progress["batch_id"]] = {"written": progress["last_batch"]["written"],
-                                             "seconds": progress["batch_seconds"]}
-        try:
-            redis_n = redis_event_count(client, user_ids)
-        except redis.exceptions.RedisError as exc:  # a loaded machine: keep the last count, poll again
-            log(f"  drain: Redis poll failed ({exc}); retrying")
-            redis_n = redis_line[-1][1] if redis_line else 0
+                                             "seconds": progress["batch_seconds"],
+                                             "phases": progress.get("phase_seconds")}
         hive_line.append((now, hive))
         redis_line.append((now, redis_n))
         if now - last_report > REPORT_EVERY_S:
@@ -302,6 +289,7 @@ def drain(settings, expected: int, timeout_s: float) -> dict:
                  "in_batch_per_s": rnd(in_batches[0] / in_batches[1], 0) if in_batches[1] else None},
         "redis": {"events": redis_line[-1][1], "per_s": rnd(redis_rate, 0), "first_batch_s": rnd(redis_first, 1),
                   "all_s": rnd(redis_done, 1)},
+        "batches": [b for _, b in sorted(batches.items())][-5:],
         "cpu": usage,
     }
 
@@ -343,21 +331,6 @@ def spark_jobs(settings) -> dict:
         query["job_s"] += seconds(job)
     return {name: {"batches": len(q["batches"]), "jobs": q["jobs"], "job_s": round(q["job_s"], 1),
                    "jobs_per_batch": round(q["jobs"] / len(q["batches"]), 1)} for name, q in out.items()}
-
-
-def hive_check(settings) -> dict:
-    """count(*) and count(DISTINCT event_id) of the events table over HiveServer2."""
-    from feedloop.services import hive_connection
-
-    conn = hive_connection(settings, settings.hive.database)
-    try:
-        cursor = conn.cursor()
-        started = time.time()
-        cursor.execute("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM events")
-        total, distinct = cursor.fetchone()
-        return {"rows": total, "distinct_event_ids": distinct, "query_s": round(time.time() - started, 2)}
-    finally:
-        conn.close()
 
 
 class Markers:
@@ -442,7 +415,7 @@ def freshness(settings, rate: float, duration_s: float, grace_s: float) -> dict:
 
     users, items = make_catalog(N_USERS, N_ITEMS, SEED)
     sim = Simulator(users, items, SEED + 3)
-    producer = EventProducer(settings, "kafka-python", client_id="bench-freshness")
+    producer = EventProducer(settings, "confluent", client_id="bench-freshness")
     topic = settings.kafka.events_topic
     markers = Markers(run_id=str(int(time.time())))
     stop = threading.Event()
@@ -488,62 +461,200 @@ def freshness(settings, rate: float, duration_s: float, grace_s: float) -> dict:
 
     return {
         "rate_per_s": round(sent / duration_s),
+        "events": sent + len(markers.sent) - producer.failed,
         "markers": len(markers.sent),
         "redis": lag_stats("redis"),
         "hive": {**lag_stats("hive"), "query_p50_s": rnd(percentile(markers.hive_queries, 50))},
     }
 
 
-def sink_batches(settings) -> dict:
-    """Events and seconds of the Hive sink's batches, from its log: big (drain) and small (steady load)."""
-    import re
+def spark_floor(settings, expected: int, out_dir: Path) -> dict:
+    """A bare Structured Streaming query on the same topic: Kafka -> Parquet, no validation, no de-duplication.
 
-    pattern = re.compile(r"^batch (\d+): (\d+) events -> .* \(([\d.]+)s\)$")
-    batches = []
+    Runs in this process's own Spark (local[2], the sink's settings), with the sink
+    stopped; rate after the first batch, and the CPU its JVM used.
+    """
+    import psutil
+
+    from feedloop.spark import get_spark
+
+    spark = get_spark("feedloop-bench-floor", with_kafka=True, settings=settings)
+    spark.conf.set("spark.sql.shuffle.partitions", "2")
+    jvm = [p for p in psutil.Process().children(recursive=True) if "java" in p.name()]
+    cpu_before = sum(p.cpu_times().user + p.cpu_times().system for p in jvm)
+    stream = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", settings.kafka.bootstrap)
+              .option("subscribe", settings.kafka.events_topic).option("startingOffsets", "earliest")
+              .option("maxOffsetsPerTrigger", settings.spark.max_offsets_per_trigger).load())
+    timeline: list[tuple[float, int]] = []
+    started = time.time()
+    query = (stream.select("key", "value", "partition", "offset", "timestamp").writeStream.format("parquet")
+             .option("path", str(out_dir / "data")).option("checkpointLocation", str(out_dir / "checkpoint"))
+             .trigger(availableNow=True).start())
+    while query.isActive:
+        rows = sum(p["numInputRows"] for p in query.recentProgress)
+        timeline.append((time.time() - started, rows))
+        time.sleep(0.25)
+    query.awaitTermination()
+    timeline.append((time.time() - started, sum(p["numInputRows"] for p in query.recentProgress)))
+    cpu = sum(p.cpu_times().user + p.cpu_times().system for p in jvm) - cpu_before
+    rate, first, done = steady_rate(timeline, expected)
+    return {"events": timeline[-1][1], "per_s": rnd(rate, 0), "first_batch_s": rnd(first, 1), "all_s": rnd(done, 1),
+            "cpu_ms_per_event": rnd(1000 * cpu / max(timeline[-1][1], 1), 4), "spark": spark}
+
+
+def prefill_hour(spark, settings, rows: int, hour_ms: int) -> dict:
+    """Put ``rows`` events into the events table's partition of the hour holding ``hour_ms`` (one Spark job)."""
+    from pyspark.sql import functions as F
+
+    started = time.time()
+    when = datetime.fromtimestamp(hour_ms / 1000, tz=timezone.utc)
+    dt, hr = when.strftime("%Y-%m-%d"), when.hour
+    table = f"{settings.hive.database}.events"
+    location = next(r.data_type for r in spark.sql(f"DESCRIBE TABLE EXTENDED {table}").collect()
+                    if r.col_name == "Location")
+    target = f"{location}/dt={dt}/hr={hr}"
+    columns = [f.name for f in spark.table(table).schema.fields if f.name not in ("dt", "hr")]
+    base = hour_ms - hour_ms % 3_600_000
+    frame = (spark.range(rows, numPartitions=4)
+             .withColumn("event_id", F.expr("uuid()"))
+             .withColumn("event_type", F.lit("view")).withColumn("user_id", F.concat(F.lit("p"), F.col("id") % 50_000))
+             .withColumn("item_id", F.concat(F.lit("i"), F.col("id") % 5_000))
+             .withColumn("ts", F.lit(base) + F.col("id") % 3_600_000).withColumn("schema_version", F.lit(1))
+             .withColumn("ingested_at", F.lit(int(time.time() * 1000))))
+    for field in spark.table(table).schema.fields:
+        if field.name not in frame.columns:
+            frame = frame.withColumn(field.name, F.lit(None).cast(field.dataType))
+    frame.select(*columns).write.mode("append").parquet(target)
+    spark.sql(f"ALTER TABLE {table} ADD IF NOT EXISTS PARTITION (dt='{dt}', hr={hr})")
+    return {"rows": rows, "partition": f"dt={dt}/hr={hr}", "seconds": round(time.time() - started, 1)}
+
+
+def sink_offsets(settings) -> int | None:
+    """Sum over partitions of the Kafka offsets the sink has committed (its checkpoint), None before any."""
+    checkpoint = settings.var / "checkpoints" / "stream-events"
     try:
-        for line in (settings.log_dir / f"{SINK}.log").read_text(errors="replace").splitlines():
-            match = pattern.match(line.strip())
-            if match:
-                batches.append((int(match[2]), float(match[3])))
-    except OSError:
-        return {}
-    small = [sec for n, sec in batches if n < 20_000]
-    big = [(n, sec) for n, sec in batches if n >= 20_000]
-    return {
-        "count": len(batches),
-        "big": [[n, sec] for n, sec in big],
-        "small_median_s": rnd(percentile(small, 50), 1),
-        "small_median_events": int(percentile([n for n, _ in batches if n < 20_000], 50) or 0) if small else None,
-    }
+        commits = sorted(int(p.name) for p in (checkpoint / "commits").iterdir() if p.name.isdigit())
+        if not commits:
+            return None
+        lines = (checkpoint / "offsets" / str(commits[-1])).read_text().splitlines()
+        offsets = json.loads(lines[-1])[settings.kafka.events_topic]
+        return sum(int(v) for v in offsets.values())
+    except (OSError, ValueError, KeyError):
+        return None
 
 
-def bottleneck(result: dict) -> str:
-    """One sentence on what bounded the drain, from the CPU it used."""
-    cpu = result["drain"]["cpu"]
-    used = cpu["stack_cpu_s"]
-    total = sum(used.values()) or 1.0
-    top = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in list(used.items())[:4])
-    capacity = cpu["wall_s"] * cpu["cores"]
-    batches = result.get("sink_batches") or {}
-    small = (f"; a Hive batch of ~{batches['small_median_events']} events takes {batches['small_median_s']}s "
-             f"(fixed per-batch cost)") if batches.get("small_median_s") else ""
-    return (f"drain used {total:.0f} CPU-s of {capacity:.0f} available ({cpu['cores']} cores x {cpu['wall_s']:.0f}s; "
-            f"machine {cpu['machine_busy_pct']:.0f}% busy, other tenants included); by process: {top}; "
-            f"one core validates {result['validate_only_per_s']:,} events/s in Python{small}")
+def topic_end(settings) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": "bench-lag",
+                         "enable.auto.commit": False})
+    try:
+        topic = settings.kafka.events_topic
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+    finally:
+        consumer.close()
+
+
+def consumer_lag(settings) -> int | None:
+    committed = sink_offsets(settings)
+    return None if committed is None else topic_end(settings) - committed
+
+
+def sustained(settings, mean_rate: float, duration_s: float, grace_s: float) -> dict:
+    """``duration_s`` of load with the simulator's day curve compressed into it, mean ``mean_rate``; lag every 5 s."""
+    from feedloop.simulator import EventProducer, Simulator, diurnal_multiplier, make_catalog
+
+    users, items = make_catalog(N_USERS, N_ITEMS, SEED)
+    sim = Simulator(users, items, SEED + 5)
+    day = [diurnal_multiplier(datetime(2026, 11, 30, h, m, tzinfo=timezone.utc)) for h in range(24) for m in (0, 30)]
+    mean_multiplier = sum(day) / len(day)
+    producer = EventProducer(settings, "confluent", client_id="bench-sustained")
+    topic = settings.kafka.events_topic
+    started = time.time()
+    sent, samples, next_sample = 0, [], started
+    budget, last = 0.0, started
+    try:
+        while time.time() - started < duration_s:
+            elapsed = time.time() - started
+            clock = datetime(2026, 11, 30, tzinfo=timezone.utc).timestamp() + 86_400 * elapsed / duration_s
+            rate = mean_rate * diurnal_multiplier(datetime.fromtimestamp(clock, tz=timezone.utc)) / mean_multiplier
+            now = time.time()
+            budget = min(budget + rate * (now - last), rate)  # at most a second's worth of catch-up
+            last = now
+            while budget >= 1:
+                for event in sim.events_for_action():
+                    producer.send(topic, event)
+                    sent += 1
+                    budget -= 1
+            if time.time() >= next_sample:
+                lag = consumer_lag(settings)
+                samples.append((round(elapsed, 1), round(rate), lag))
+                if len(samples) % 6 == 1:
+                    log(f"  sustained {elapsed:4.0f}s: offered {rate:,.0f}/s, sent {sent:,}, lag {lag}")
+                next_sample += 5
+            time.sleep(0.01)
+        producer.flush()
+        end_lag = consumer_lag(settings)
+        deadline = time.time() + grace_s
+        while time.time() < deadline and (consumer_lag(settings) or 0) > 0:
+            time.sleep(1)
+        caught_up_s = round(time.time() - (deadline - grace_s), 1)
+    finally:
+        producer.close()
+    lags = [lag for _, _, lag in samples if lag is not None]
+    minute = max(1, int(60 / 5))
+    first, last = lags[:minute], lags[-minute:]
+    return {"duration_s": duration_s, "events": sent - producer.failed, "failed": producer.failed,
+            "mean_offered_per_s": round(sent / duration_s), "peak_offered_per_s": max(r for _, r, _ in samples),
+            "lag_first_min_p50": percentile(first, 50), "lag_last_min_p50": percentile(last, 50),
+            "lag_max": max(lags, default=None), "lag_at_end": end_lag, "caught_up_after_s": caught_up_s,
+            "lag_grows": bool(last and first and percentile(last, 50) > 2 * percentile(first, 50) + mean_rate * 5),
+            "samples": samples}
+
+
+def streamed_check(settings) -> dict:
+    """Rows that came through Kafka (kafka_offset set) and their distinct event ids, over HiveServer2."""
+    from feedloop.services import hive_connection
+
+    conn = hive_connection(settings, settings.hive.database)
+    try:
+        cursor = conn.cursor()
+        started = time.time()
+        cursor.execute("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM events WHERE kafka_offset IS NOT NULL")
+        total, distinct = cursor.fetchone()
+        return {"rows": total, "distinct_event_ids": distinct, "query_s": round(time.time() - started, 2)}
+    finally:
+        conn.close()
+
+
+def sink_cpu_s(cpu: dict) -> float:
+    return sum(v for k, v in cpu["stack_cpu_s"].items() if k.startswith("sink"))
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=100_000,
-                        help="events each producer sends (the backlog is twice this)")
-    parser.add_argument("--fresh-s", type=float, default=45, help="seconds of steady load for the freshness phase")
-    parser.add_argument("--fresh-rate", type=float, default=0,
-                        help="events/s of that load (0: a quarter of the slower drain rate)")
-    parser.add_argument("--drain-timeout", type=float, default=300)
+    parser.add_argument("--events", type=int, default=2_000_000, help="backlog of each drain (the goal asks >= 2M)")
+    parser.add_argument("--compare-events", type=int, default=100_000,
+                        help="events each producer sends for the kafka-python vs librdkafka comparison")
+    parser.add_argument("--prefill", type=int, default=10_000_000, help="events already in the hour of the 2nd drain")
+    parser.add_argument("--fresh-s", type=float, default=60, help="seconds of steady load for the freshness phase")
+    parser.add_argument("--sustained-s", type=float, default=600, help="seconds of the sustained run (0: skip)")
+    parser.add_argument("--drain-timeout", type=float, default=900)
     parser.add_argument("--port-shift", type=int, default=DEFAULT_PORT_SHIFT)
     parser.add_argument("--var-dir", default=str(REPO / "var" / "bench-ingest"))
     parser.add_argument("--keep", action="store_true", help="keep the var dir (logs, data) after the run")
     return parser.parse_args(argv)
+
+
+def produce_backlog(settings, n: int) -> dict:
+    kp = produce(settings, "confluent", n)
+    log(f"  confluent-kafka: {kp['events']:,} events in {kp['seconds']}s = {kp['per_s']:,}/s")
+    return kp
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -551,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     var_dir = Path(args.var_dir)
     os.environ.update(bench_env(var_dir, args.port_shift))  # before any settings are read
 
-    from feedloop.services import down, up
+    from feedloop.services import down, supervisor, up
     from feedloop.settings import get_settings
 
     get_settings.cache_clear()
@@ -559,7 +670,8 @@ def main(argv: list[str] | None = None) -> int:
     if var_dir.exists():
         down(get_settings())  # a previous run that did not finish
         shutil.rmtree(var_dir)
-    result: dict = {"seed_peak_per_s": SEED_PEAK_PER_S}
+    result: dict = {}
+    loads: list[list[float]] = []
     try:
         log(f"starting {', '.join(STACK)} under {var_dir} (ports +{args.port_shift})")
         up(STACK)
@@ -568,80 +680,128 @@ def main(argv: list[str] | None = None) -> int:
         result["stack_up_s"] = round(time.time() - started, 1)
         log(f"stack up in {result['stack_up_s']}s")
 
-        log("phase 1: produce (sink stopped)")
-        result["generate_only_per_s"] = generate_only(min(args.events, 100_000))["per_s"]
+        log("phase 1: producers (sink stopped)")
+        result["generate_only_per_s"] = generate_only(100_000)["per_s"]
         log(f"  generating alone: {result['generate_only_per_s']:,} events/s")
         result["validate_only_per_s"] = validate_only(50_000)["per_s"]
-        log(f"  validating alone (one core): {result['validate_only_per_s']:,} events/s")
-        kp = produce(settings, "kafka-python", args.events)
+        log(f"  Python validator alone (one core, the API's path): {result['validate_only_per_s']:,} events/s")
+        kp = produce(settings, "kafka-python", args.compare_events)
         log(f"  kafka-python: {kp['events']:,} events in {kp['seconds']}s = {kp['per_s']:,}/s")
-        ck = produce(settings, "confluent", args.events)
+        ck = produce(settings, "confluent", args.compare_events)
         log(f"  confluent-kafka: {ck['events']:,} events in {ck['seconds']}s = {ck['per_s']:,}/s")
         result.update(produce_kafka_python_per_s=kp["per_s"], produce_confluent_per_s=ck["per_s"],
                       confluent_vs_kafka_python=round(ck["per_s"] / kp["per_s"], 2))
+        bulk = produce_backlog(settings, max(0, args.events - kp["events"] - ck["events"]))
+        backlog = kp["events"] + ck["events"] + bulk["events"]
+        acked = backlog
 
-        backlog = kp["events"] + ck["events"]
-        log(f"phase 2: drain a backlog of {backlog:,} events through {SINK}")
+        log(f"phase 2: Spark floor, a bare Kafka -> Parquet query on the {backlog:,}-event backlog")
+        loads.append(loadavg())
+        floor = spark_floor(settings, backlog, var_dir / "floor")
+        spark = floor.pop("spark")
+        result["floor"] = floor
+        log(f"  floor: {floor['per_s']} events/s after the first batch, {floor['cpu_ms_per_event']} CPU-ms/event")
+
+        log(f"phase 3: drain the {backlog:,}-event backlog through {SINK} (empty table)")
+        loads.append(loadavg())
         drained = drain(settings, backlog, args.drain_timeout)
-        result["drain"] = drained
+        loads.append(loadavg())
+        result["drain_empty"] = drained
         result["spark_jobs"] = spark_jobs(settings)
-        log(f"  Spark jobs by streaming query: {result['spark_jobs']}")
-        check = hive_check(settings)
-        result["hive_check"] = check
-        log(f"  Hive: {drained['hive']['per_s']} events/s after the first batch (first batch at "
-            f"{drained['hive']['first_batch_s']}s, all at {drained['hive']['all_s']}s); Redis: "
-            f"{drained['redis']['per_s']} events/s (all at {drained['redis']['all_s']}s)")
-        log(f"  Hive holds {check['rows']:,} rows, {check['distinct_event_ids']:,} distinct event ids "
-            f"(expected {backlog:,}; query {check['query_s']}s)")
+        log(f"  Hive {drained['hive']['per_s']} events/s, Redis {drained['redis']['per_s']} events/s after the first "
+            f"batch; sink CPU {sink_cpu_s(drained['cpu']):.0f}s")
 
-        slowest = min([r for r in (drained["hive"]["per_s"], drained["redis"]["per_s"]) if r] or [400])
-        rate = args.fresh_rate or max(100.0, min(5000.0, slowest / 4))
-        log(f"phase 3: freshness at {rate:,.0f} events/s for {args.fresh_s:.0f}s, a marker every {MARKER_EVERY_S}s")
+        log(f"phase 4: drain {args.events:,} more into an hour that already holds {args.prefill:,} events")
+        supervisor(settings).stopProcess(SINK, True)
+        result["prefill"] = prefill_hour(spark, settings, args.prefill, int(time.time() * 1000))
+        log(f"  prefilled {result['prefill']}")
+        spark.stop()
+        bulk2 = produce_backlog(settings, args.events)
+        acked += bulk2["events"]
+        loads.append(loadavg())
+        drained10 = drain(settings, bulk2["events"], args.drain_timeout)
+        loads.append(loadavg())
+        result["drain_10m"] = drained10
+        log(f"  Hive {drained10['hive']['per_s']} events/s, Redis {drained10['redis']['per_s']} events/s; "
+            f"sink CPU {sink_cpu_s(drained10['cpu']):.0f}s")
+
+        capacity = min(r for r in (drained["hive"]["per_s"], drained["redis"]["per_s"]) if r)
+        rate = capacity / 2
+        log(f"phase 5: freshness at half the capacity, {rate:,.0f} events/s for {args.fresh_s:.0f}s")
+        loads.append(loadavg())
         fresh = freshness(settings, rate, args.fresh_s, grace_s=60)
+        loads.append(loadavg())
         result["freshness"] = fresh
-        result["sink_batches"] = sink_batches(settings)
+        acked += fresh["events"]
         log(f"  Redis p50 {fresh['redis']['p50_s']}s p95 {fresh['redis']['p95_s']}s ({fresh['redis']['seen']}/"
             f"{fresh['markers']} seen); Hive p50 {fresh['hive']['p50_s']}s p95 {fresh['hive']['p95_s']}s "
             f"({fresh['hive']['seen']}/{fresh['markers']} seen, query {fresh['hive']['query_p50_s']}s)")
+
+        if args.sustained_s:
+            log(f"phase 6: sustained, {args.sustained_s:.0f}s at a mean of {rate:,.0f} events/s, the day's curve "
+                f"compressed into it")
+            result["sustained"] = sustained(settings, rate, args.sustained_s, grace_s=180)
+            loads.append(loadavg())
+            acked += result["sustained"]["events"]
+            s = result["sustained"]
+            log(f"  lag: first minute p50 {s['lag_first_min_p50']}, last minute p50 {s['lag_last_min_p50']}, max "
+                f"{s['lag_max']}, at the end {s['lag_at_end']}; caught up {s['caught_up_after_s']}s after the load")
+        deadline = time.time() + 300
+        while time.time() < deadline and (consumer_lag(settings) or 0) > 0:
+            time.sleep(1)
+        time.sleep(2 * settings.spark.streaming_trigger_s)
+        result["hive_check"] = streamed_check(settings)
+        result["acked"] = acked
+        log(f"  Hive holds {result['hive_check']['rows']:,} streamed rows, {result['hive_check']['distinct_event_ids']:,}"
+            f" distinct event ids; Kafka acknowledged {acked:,}")
     finally:
         log("stopping the bench stack")
         down(get_settings())
         if not args.keep:
             shutil.rmtree(var_dir, ignore_errors=True)
 
-    hive_rate, redis_rate = result["drain"]["hive"]["per_s"], result["drain"]["redis"]["per_s"]
-    # CPU the stack spent per drained event: what the sink costs whatever else runs on the machine
-    cpu_ms = rnd(1000 * sum(result["drain"]["cpu"]["stack_cpu_s"].values()) / result["drain"]["expected"], 3)
+    d0, d1 = result["drain_empty"], result["drain_10m"]
+    hive_rate, redis_rate = d0["hive"]["per_s"], d0["redis"]["per_s"]
+    cpu_empty = 1000 * sink_cpu_s(d0["cpu"]) / d0["expected"]
+    cpu_10m = 1000 * sink_cpu_s(d1["cpu"]) / d1["expected"]
+    floor_rate = result["floor"]["per_s"]
+    check = result["hive_check"]
     summary = {
-        "produce_per_s": result["produce_kafka_python_per_s"],
-        "produce_kafka_python_per_s": result["produce_kafka_python_per_s"],
-        "produce_confluent_per_s": result["produce_confluent_per_s"],
-        "confluent_vs_kafka_python": result["confluent_vs_kafka_python"],
-        "generate_only_per_s": result["generate_only_per_s"],
-        "validate_only_per_s": result["validate_only_per_s"],
         "hive_events_per_s": hive_rate,
         "redis_events_per_s": redis_rate,
+        "spark_floor_per_s": floor_rate,
+        "ratio_to_spark_floor": rnd(min(hive_rate, redis_rate) / floor_rate, 3) if floor_rate else None,
+        "cpu_ms_per_event_empty": rnd(cpu_empty, 4),
+        "cpu_ms_per_event_10m": rnd(cpu_10m, 4),
+        "cpu_10m_vs_empty": rnd(cpu_10m / cpu_empty, 3) if cpu_empty else None,
+        "hive_events_per_s_10m": d1["hive"]["per_s"],
+        "floor_cpu_ms_per_event": result["floor"]["cpu_ms_per_event"],
+        "freshness_load_per_s": result["freshness"]["rate_per_s"],
         "freshness_redis_p50_s": result["freshness"]["redis"]["p50_s"],
         "freshness_redis_p95_s": result["freshness"]["redis"]["p95_s"],
         "freshness_hive_p50_s": result["freshness"]["hive"]["p50_s"],
         "freshness_hive_p95_s": result["freshness"]["hive"]["p95_s"],
-        "freshness_load_per_s": result["freshness"]["rate_per_s"],
-        "backlog_events": result["drain"]["expected"],
-        "hive_exactly_once": result["hive_check"]["rows"] == result["hive_check"]["distinct_event_ids"]
-        == result["drain"]["expected"],
-        "seed_peak_per_s": SEED_PEAK_PER_S,
-        "hive_vs_seed_peak": rnd(hive_rate / SEED_PEAK_PER_S, 3) if hive_rate else None,
-        "redis_vs_seed_peak": rnd(redis_rate / SEED_PEAK_PER_S, 3) if redis_rate else None,
-        "drain_cpu": result["drain"]["cpu"],
-        "sink_cpu_ms_per_event": cpu_ms,
-        "sink_per_s_if_2_cores_free": rnd(2000 / cpu_ms, 0) if cpu_ms else None,
+        "sustained": {k: v for k, v in (result.get("sustained") or {}).items() if k != "samples"} or None,
+        "hive_exactly_once": check["rows"] == check["distinct_event_ids"] == result["acked"],
+        "hive_streamed_rows": check["rows"],
+        "acked_events": result["acked"],
+        "produce_kafka_python_per_s": result["produce_kafka_python_per_s"],
+        "produce_confluent_per_s": result["produce_confluent_per_s"],
+        "confluent_vs_kafka_python": result["confluent_vs_kafka_python"],
+        "generate_only_per_s": result["generate_only_per_s"],
+        "validate_only_python_per_s": result["validate_only_per_s"],
+        "backlog_events": d0["expected"],
+        "drain_cpu_by_process": d0["cpu"],
         "spark_jobs": result.get("spark_jobs"),
-        "hive_batches": result.get("sink_batches"),
-        "bound": bottleneck(result),
+        "reference_seed_peak_per_s": SEED_PEAK_PER_S,
+        "hive_vs_seed_peak": rnd(hive_rate / SEED_PEAK_PER_S, 3) if hive_rate else None,
+        "loadavg": loads,
         "cores": os.cpu_count(),
         "total_s": round(time.time() - started, 1),
     }
-    log(summary["bound"])
+    log(f"drain: Hive {hive_rate}/s, Redis {redis_rate}/s ({summary['ratio_to_spark_floor']} of the Spark floor's "
+        f"{floor_rate}/s); CPU per event {summary['cpu_ms_per_event_empty']} ms empty vs "
+        f"{summary['cpu_ms_per_event_10m']} ms with {args.prefill:,} in the hour")
     print(json.dumps(summary, separators=(",", ":")))
     return 0
 

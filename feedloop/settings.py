@@ -55,7 +55,7 @@ class KafkaSettings(_Section):
     events_topic: str = "feedback.events"
     dlq_topic: str = "feedback.events.dlq"
     served_topic: str = "feedback.served"
-    partitions: int = 2
+    partitions: int = 4  # of every topic at creation; Spark reads one task per partition
     request_timeout_ms: int = 5000
 
     _ports = field_validator("controller_port", "port")(_check_port)
@@ -95,7 +95,11 @@ class SparkSettings(_Section):
     ui_port: int = 4040
     driver_memory: str = "1g"
     shuffle_partitions: int = 4
-    streaming_trigger_s: int = 5
+    streaming_trigger_s: int = 1  # events -> Hive and Redis aggregates micro-batch interval
+    max_offsets_per_trigger: int = 250_000  # per micro-batch, so a backlog drains in bounded batches
+    dedup_window: str = "24 hours"  # a repeated event_id within this long of the first is dropped
+    aggregates_late_after_s: int = 600  # events older than the newest less this miss the trending windows
+    file_max_records: int = 1_000_000  # size target of the sink's Parquet files (rows per file)
     extra_conf: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("master")

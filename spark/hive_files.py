@@ -58,11 +58,21 @@ class BatchFiles:
             files += [s.getPath().toString() for s in fs.globStatus(self._path(f"{self.partition_dir(values)}/*.parquet")) or []]
         return files
 
-    def write(self, df, batch_id: int, partitions: Sequence[tuple]) -> None:
-        """Write df (with the partition columns) as this batch's files, then register the partitions."""
+    def write(self, df, batch_id: int, partitions: Sequence[tuple], register: Sequence[tuple] | None = None,
+              max_records_per_file: int = 0, single_task: bool = True) -> None:
+        """Write df (with the partition columns) as this batch's files, then register the partitions.
+
+        ``single_task`` coalesces to one writer (one file per partition, for small
+        batches); otherwise every task writes its own files in parallel, at most
+        ``max_records_per_file`` rows each. ``register``: the partitions to add to the
+        metastore (default: all of ``partitions``).
+        """
         staging = f"{self.staging_root}/{self.table}/{self.prefix(batch_id)}"
         fs = self._fs()
-        df.coalesce(1).write.mode("overwrite").partitionBy(*self.partition_cols).parquet(staging)
+        writer = (df.coalesce(1) if single_task else df).write.mode("overwrite")
+        if max_records_per_file:
+            writer = writer.option("maxRecordsPerFile", max_records_per_file)
+        writer.partitionBy(*self.partition_cols).parquet(staging)
         pattern = staging + "/" + "/".join(f"{c}=*" for c in self.partition_cols) + "/part-*.parquet"
         for n, status in enumerate(fs.globStatus(self._path(pattern)) or []):
             src = status.getPath()
@@ -74,7 +84,7 @@ class BatchFiles:
             fs.mkdirs(target)
             fs.rename(src, self._path(f"{target.toString()}/{self.prefix(batch_id)}{n:04d}.zstd.parquet"))
         fs.delete(self._path(staging), True)
-        self.register(partitions)
+        self.register(partitions if register is None else register)
 
     def register(self, partitions: Sequence[tuple], chunk: int = REGISTER_CHUNK) -> None:
         """Add these partitions to the metastore (one ALTER TABLE per ``chunk`` partitions)."""

@@ -1,7 +1,8 @@
 """Hive maintenance jobs run by the `feedloop_hive_maintenance` DAG.
 
 - ``compact``: the streaming sink writes a file per micro-batch and partition;
-  compaction rewrites a day's hour partitions of ``events`` into one file each.
+  compaction rewrites a day's hour partitions of ``events`` into one file each,
+  keeping one row per event_id (a duplicate resent after the sink's window goes).
   Only the files it read are removed afterwards, so files the sink adds
   meanwhile are kept, and the sink's event_id de-duplication keeps a replayed
   batch from landing twice. Readers may see a partition's rows twice for the
@@ -33,7 +34,11 @@ def compact_partition(spark, files: BatchFiles, values: tuple) -> tuple[int, int
     before = files.existing_files([values])
     if len(before) <= 1:
         return len(before), 0
-    df = spark.read.parquet(*before).cache()
+    df = spark.read.parquet(*before)
+    if "event_id" in df.columns:
+        # also removes a duplicate that came back after the sink's de-duplication window
+        df = df.dropDuplicates(["event_id"])
+    df = df.cache()
     rows = df.count()
     directory = files.partition_dir(values)
     staging = f"{files.staging_root}/compact/{files.table}/{'/'.join(map(str, values))}"

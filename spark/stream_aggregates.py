@@ -1,26 +1,40 @@
-"""Real-time aggregates: Kafka events -> Redis trending, popular, user stats, recent history.
+"""Real-time aggregates: each micro-batch's events -> Redis trending, popular, user stats, recent history.
 
-Each micro-batch is aggregated in Spark first, then applied to Redis in one
-MULTI/EXEC transaction together with the batch id, so a batch replayed after a
-crash (same id, same offsets) is skipped instead of counted twice.
+Computed by the events sink (:mod:`spark.stream_events`) from the batch it has
+already read, validated and de-duplicated, so the aggregates count every event_id
+once, and no event is parsed twice. (A second streaming query with its own
+stateful aggregation would read Kafka and validate every event again; validation
+is the largest share of the sink's CPU — docs/events.md has the figures — so that
+design would halve the rate on two cores.)
 
-Keys (all built by feature_store.online):
-  trending panes   ``feedloop:trending:1m@<start ms>`` (1-minute tumbling) and
-                   ``feedloop:trending:5m@<start ms>`` (5-minute panes);
-  trending now     ``trending:1m`` = the current 1-minute window,
-                   ``trending:10m`` = the current 10-minute window sliding by 5
-                   (the union of the current and the previous 5-minute pane);
-  popular          all-time weighted events per item;
-  user stats       counts by event type, TTL 5 minutes from the last event;
-  recent history   item -> last event time, newest 500 kept.
+Every valid event becomes a few *facts*, exploded in one pass and summed in one
+``groupBy`` (one Spark job, one collect):
+
+  ``t1``   item, 1-minute tumbling pane                       -> summed event weight
+  ``t5``   item, 5-minute pane                                -> summed event weight
+  ``pop``  item                                               -> summed event weight
+  ``us``   user and event type                                -> count
+  ``rec``  user and item                                      -> latest event time
+  ``max``                                                     -> newest event time
+
+**Event time and lateness.** The watermark is the newest event time of the
+earlier batches less ``spark.aggregates_late_after`` (default 10 minutes). An
+event older than that is too late for the trending windows: it is left out of
+them and counted (``late`` in the sink's progress and ``feedloop status``); it
+still counts for popular, the user's stats and recent history, which have no
+window to be late for.
+
+**Idempotent per batch.** The increments, the new watermark and the batch id are
+applied in one MULTI/EXEC; a batch replayed after a crash (same id, same rows)
+finds its id already stored and is skipped. Then the current windows are
+rebuilt: ``trending:1m`` = the current 1-minute pane, ``trending:10m`` = the
+current and previous 5-minute panes (10 minutes sliding by 5).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import redis
 
@@ -28,11 +42,13 @@ from feature_store import online
 from feature_store.definitions import (
     RECENT_MAX_ITEMS, RECENT_TTL_S, SEEN_TYPES, SLIDE_MS, SLIDING_MS, TUMBLING_MS, USER_STATS_TTL_S,
 )
-from feedloop.settings import Settings
 
 PANE_TTL_S = 3600
 TRENDING_1M_TTL_S = 2 * TUMBLING_MS // 1000
 TRENDING_10M_TTL_S = SLIDING_MS // 1000 + 60
+NO_WATERMARK = -(2**62)
+RAISE_NEWEST = ("local v = tonumber(redis.call('GET', KEYS[1]) or '-1e18') "
+                "if tonumber(ARGV[1]) > v then redis.call('SET', KEYS[1], ARGV[1]) end return 1")
 
 
 def weight_column():
@@ -52,44 +68,81 @@ class BatchAggregates:
     user_stats: list[tuple[str, str, int]]
     recent: list[tuple[str, str, int]]
     events: int
+    late: int = 0
+    max_ts: int | None = None
+    extra: dict = field(default_factory=dict)
 
 
-def aggregate(events) -> BatchAggregates:
-    """Aggregate validated events (columns event_type, user_id, item_id, ts, dwell_ms)."""
+def facts(events, watermark_ms: int):
+    """Valid events -> one row per fact: kind, k1, k2, pane (ms), value (see the module doc)."""
     from pyspark.sql import functions as F
 
-    weighted = (
-        events.where(F.col("item_id").isNotNull())
-        .withColumn("weight", weight_column())
-        .where(F.col("weight").isNotNull())
-        .cache()
-    )
+    def pane(width_ms: int):  # start of the tumbling pane holding the event (epoch-aligned)
+        return (F.floor(F.col("ts") / width_ms) * width_ms).cast("bigint")
 
-    def panes(width_ms: int) -> list[tuple[int, str, float]]:
-        pane = (F.floor(F.col("ts") / width_ms) * width_ms).cast("bigint").alias("pane")
-        rows = weighted.groupBy(pane, F.col("item_id")).agg(F.sum("weight").alias("weight")).collect()
-        return [(r.pane, r.item_id, float(r.weight)) for r in rows]
+    weight = weight_column()
+    has_item = F.col("item_id").isNotNull()
+    weighted = has_item & weight.isNotNull()
+    on_time = F.col("ts") >= F.lit(watermark_ms)
+    seen = has_item & F.col("event_type").isin(*SEEN_TYPES)
+    none = F.lit(None).cast("string")
 
-    popular = weighted.groupBy("item_id").agg(F.sum("weight").alias("weight")).collect()
-    stats = events.groupBy("user_id", "event_type").agg(F.count(F.lit(1)).alias("n")).collect()
-    recent = (
-        events.where(F.col("event_type").isin(*SEEN_TYPES) & F.col("item_id").isNotNull())
-        .groupBy("user_id", "item_id").agg(F.max("ts").alias("ts")).collect()
+    def fact(kind: str, keep, k1=none, k2=none, pane_ms=F.lit(0).cast("bigint"), value=F.lit(1)):
+        return F.when(keep, F.struct(F.lit(kind).alias("kind"), k1.alias("k1"), k2.alias("k2"),
+                                     pane_ms.alias("pane"), value.cast("double").alias("value")))
+
+    all_facts = F.array(
+        fact("t1", weighted & on_time, F.col("item_id"), pane_ms=pane(TUMBLING_MS), value=weight),
+        fact("t5", weighted & on_time, F.col("item_id"), pane_ms=pane(SLIDE_MS), value=weight),
+        fact("late", weighted & ~on_time),
+        fact("pop", weighted, F.col("item_id"), value=weight),
+        fact("us", F.lit(True), F.col("user_id"), F.col("event_type")),
+        fact("rec", seen, F.col("user_id"), F.col("item_id"), value=F.col("ts")),
+        fact("max", F.lit(True), value=F.col("ts")),
     )
-    result = BatchAggregates(
-        panes_1m=panes(TUMBLING_MS),
-        panes_5m=panes(SLIDE_MS),
-        popular=[(r.item_id, float(r.weight)) for r in popular],
-        user_stats=[(r.user_id, r.event_type, int(r.n)) for r in stats],
-        recent=[(r.user_id, r.item_id, int(r.ts)) for r in recent],
-        events=events.count(),
-    )
-    weighted.unpersist()
-    return result
+    return (events.select(F.explode(F.filter(all_facts, lambda f: f.isNotNull())).alias("f"))
+            .select("f.kind", "f.k1", "f.k2", "f.pane", "f.value"))
+
+
+def aggregate(events, watermark_ms: int = NO_WATERMARK) -> BatchAggregates:
+    """Aggregate valid events (event_type, user_id, item_id, ts, dwell_ms) in one Spark job."""
+    from pyspark.sql import functions as F
+
+    rows = (facts(events, watermark_ms).groupBy("kind", "k1", "k2", "pane")
+            .agg(F.sum("value").alias("total"), F.max("value").alias("latest"), F.count(F.lit(1)).alias("n"))
+            .collect())
+    agg = BatchAggregates([], [], [], [], [], events=0)
+    for kind, k1, k2, pane, total, latest, n in rows:
+        if kind == "t1":
+            agg.panes_1m.append((int(pane), k1, float(total)))
+        elif kind == "t5":
+            agg.panes_5m.append((int(pane), k1, float(total)))
+        elif kind == "pop":
+            agg.popular.append((k1, float(total)))
+        elif kind == "us":
+            agg.user_stats.append((k1, k2, int(n)))
+            agg.events += int(n)
+        elif kind == "rec":
+            agg.recent.append((k1, k2, int(latest)))
+        elif kind == "late":
+            agg.late = int(n)
+        elif kind == "max":
+            agg.max_ts = int(latest)
+    return agg
 
 
 def pane_key(width: str, start_ms: int) -> str:
     return f"{online.trending_key(width)}@{start_ms}"
+
+
+def watermark_key(marker: str) -> str:
+    return marker + ":watermark"
+
+
+def read_watermark(client, marker: str, late_after_ms: int) -> int:
+    """The watermark for the next batch: newest event time applied so far less the allowed lateness."""
+    newest = client.get(watermark_key(marker))
+    return NO_WATERMARK if newest is None else int(newest) - late_after_ms
 
 
 def apply_aggregates(client, marker: str, batch_id: int, agg: BatchAggregates, now_ms: int | None = None) -> bool:
@@ -121,45 +174,39 @@ def apply_aggregates(client, marker: str, batch_id: int, agg: BatchAggregates, n
     pipe.expire(online.trending_key("1m"), TRENDING_1M_TTL_S)
     pipe.zunionstore(online.trending_key("10m"), [pane_key("5m", current_5m - SLIDE_MS), pane_key("5m", current_5m)])
     pipe.expire(online.trending_key("10m"), TRENDING_10M_TTL_S)
+    if agg.max_ts is not None:  # the newest event time moves forward only
+        pipe.eval(RAISE_NEWEST, 1, watermark_key(marker), agg.max_ts)
     pipe.set(marker, batch_id)
     pipe.execute()
     return True
 
 
-class RedisAggregatesSink:
-    """foreachBatch target: validated events -> aggregates -> one Redis transaction."""
+class RedisAggregates:
+    """Applies one micro-batch's aggregates to Redis, exactly once per batch id (retried while Redis is down)."""
 
-    def __init__(self, settings: Settings, checkpoint: Path):
-        self.settings = settings
-        self.checkpoint = checkpoint
+    def __init__(self, settings, marker_id: str, late_after_ms: int):
         self.client = online.connect(settings)
-        self._marker: str | None = None
+        self.marker = online.key("agg", "batch", marker_id)
+        self.late_after_ms = late_after_ms
         self.applied = 0
+        self.late = 0
 
-    def marker(self) -> str:
-        # Keyed by the query id stored in the checkpoint, so a fresh checkpoint
-        # (batch ids from 0 again) never matches an old marker.
-        if self._marker is None:
-            metadata = json.loads((self.checkpoint / "metadata").read_text())
-            self._marker = online.key("agg", "batch", metadata["id"])
-        return self._marker
-
-    def __call__(self, batch_df, batch_id: int) -> None:
-        from spark.stream_events import split_valid, validated
-
-        # cached: aggregate() runs several actions, each would re-read Kafka and re-validate
-        valid_events = split_valid(validated(batch_df))[0].cache()
-        agg = aggregate(valid_events)
-        valid_events.unpersist()
-        if not agg.events:
-            return
+    def _retry(self, what: str, fn):
         while True:
             try:
-                applied = apply_aggregates(self.client, self.marker(), batch_id, agg)
-                break
+                return fn()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:  # retry, never drop
-                print(f"aggregates batch {batch_id}: Redis unavailable ({exc}); retrying in 2s", flush=True)
+                print(f"aggregates: Redis unavailable while {what} ({exc}); retrying in 2s", flush=True)
                 time.sleep(2)
-        self.applied += agg.events if applied else 0
-        print(f"aggregates batch {batch_id}: {agg.events} events -> Redis"
-              f"{'' if applied else ' (already applied, skipped)'}", flush=True)
+
+    def __call__(self, valid_events, batch_id: int) -> BatchAggregates:
+        watermark = self._retry("reading the watermark",
+                                lambda: read_watermark(self.client, self.marker, self.late_after_ms))
+        agg = aggregate(valid_events, watermark)
+        if agg.events:
+            applied = self._retry(f"applying batch {batch_id}",
+                                  lambda: apply_aggregates(self.client, self.marker, batch_id, agg))
+            if applied:
+                self.applied += agg.events
+                self.late += agg.late
+        return agg

@@ -1,90 +1,88 @@
-"""Streaming sink: Kafka ``feedback.events`` -> validate -> Hive ``feedloop.events``.
+"""Streaming sink: Kafka ``feedback.events`` -> validate (JVM) -> de-duplicate (state) -> Hive ``feedloop.events``.
 
-Exactly once per event_id, across crashes:
+Per micro-batch, the records are read from Kafka once and validated once, in the
+JVM (:mod:`spark.event_rules`, the rules of :mod:`feedloop.events`). Then:
 
-* Spark's checkpoint replays an unfinished micro-batch with the same batch id and
-  the same offsets;
-* the batch first deletes any files a previous attempt of the same batch id left
-  (files are named ``b<batch id>-*``), then drops events whose event_id is already
-  in the partitions it touches, then writes and renames its files into place;
-* so a replay rewrites exactly what the crashed attempt wrote, and an event sent
-  twice to Kafka (a client retry) lands once.
+* **de-duplication with bounded state**: ``dropDuplicatesWithinWatermark`` on the
+  event_id, in the RocksDB state store, keeps each id for ``spark.dedup_window``
+  (default 24 h) of the sink's clock (the micro-batch time, which a replayed batch
+  keeps). A repeated event_id within that window is dropped; one that comes back
+  later is written again (the contract, and why not event time, in docs/events.md).
+  The cost per event does not depend on how much the table holds.
+* **one action** counts valid and rejected rows per hour partition, from the
+  batch cached once; the valid rows are written by every task in parallel
+  (``spark.file_max_records`` rows per file at most), renamed into place as
+  ``b<batch id>-*`` files, and every new partition is registered in one statement;
+  rejected records go to the DLQ topic with the reason and their raw bytes.
 
-Records that fail :func:`feedloop.events.validate` go to the DLQ topic with the
-reason and their raw bytes (base64); the stream keeps running.
+Exactly once per event_id, across crashes: Spark replays an unfinished batch with
+the same id, offsets and batch time and the same de-duplication state, so the
+batch first deletes the files a previous attempt of the same id left, then
+writes the same rows again.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from feedloop.events import FIELDS, Rejection, validate
+from feedloop.events import FIELDS
 from feedloop.services import DLQ_MAX_MESSAGE_BYTES
 from feedloop.settings import Settings, get_settings
 from spark.hive_files import BatchFiles
 
 APP_NAME = "feedloop-stream-events"
 TABLE = "events"
-MAX_OFFSETS_PER_TRIGGER = 100_000
-
-EVENT_SCHEMA_DDL = (
-    "event_id string, event_type string, user_id string, item_id string, ts bigint, dwell_ms bigint, "
-    "query string, session_id string, feed_id string, position int, model_version string, "
-    "schema_version int, extra map<string,string>, kafka_partition int, kafka_offset bigint, "
-    "reason string, raw binary"
-)
 TABLE_COLUMNS = [*FIELDS, "extra", "kafka_partition", "kafka_offset", "ingested_at", "dt", "hr"]
+QUERY_NAME = "events_to_hive_and_redis"
+STATE_STORE = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
 
 
-def validate_partition(batches: Iterator) -> Iterator:
-    """mapInPandas body: validate raw Kafka values with the one validator."""
-    import pandas as pd
-
-    for pdf in batches:
-        rows = []
-        for value, partition, offset in zip(pdf["value"], pdf["partition"], pdf["offset"]):
-            result = validate(value)
-            if isinstance(result, Rejection):
-                row = {name: None for name in FIELDS}
-                row.update(extra=None, reason=str(result), raw=bytes(value) if value is not None else b"")
-            else:
-                row = dict(result, reason=None, raw=None)
-            row.update(kafka_partition=int(partition), kafka_offset=int(offset))
-            rows.append(row)
-        yield pd.DataFrame(rows, columns=[c.split(" ")[0] for c in EVENT_SCHEMA_DDL.split(", ")])
-
-
-def validated(batch_df):
-    """The raw Kafka batch run through the one validator (columns of EVENT_SCHEMA_DDL)."""
-    return batch_df.select("value", "partition", "offset").mapInPandas(validate_partition, EVENT_SCHEMA_DDL)
-
-
-def split_valid(parsed):
-    """(valid events with dt/hr, rejected records) from the validated batch."""
+def with_partitions(events, ingested_at=None):
+    """Add ``ingested_at`` (ms) and the partitions ``dt``/``hr`` (UTC, from the event time ``ts``)."""
     from pyspark.sql import functions as F
 
-    valid = table_rows(parsed.where(F.col("reason").isNull()))
-    rejected = parsed.where(F.col("reason").isNotNull())
-    return valid, rejected
+    stamp = ingested_at if ingested_at is not None else F.unix_millis(F.current_timestamp())
+    event_ts = F.timestamp_millis(F.col("ts"))
+    return (events.withColumn("ingested_at", stamp.cast("bigint"))
+            .withColumn("dt", F.date_format(event_ts, "yyyy-MM-dd"))
+            .withColumn("hr", F.hour(event_ts)))
 
 
 def table_rows(events):
-    """Valid events as rows of the events table: ``ingested_at``, partitions ``dt``/``hr`` (UTC, from ``ts``),
-    one row per event_id. The stream and the backfill both use it."""
+    """Valid events (the validator's columns) as rows of the events table, one per event_id (the bulk load's path)."""
     from pyspark.sql import functions as F
 
-    return (
-        events
-        .withColumn("ingested_at", F.lit(int(time.time() * 1000)).cast("bigint"))
-        .withColumn("event_ts", F.timestamp_millis(F.col("ts")))
-        .withColumn("dt", F.date_format(F.col("event_ts"), "yyyy-MM-dd"))
-        .withColumn("hr", F.hour(F.col("event_ts")))
-        .dropDuplicates(["event_id"])
-        .select(*TABLE_COLUMNS)
-    )
+    stamp = F.lit(int(time.time() * 1000))
+    return with_partitions(events, stamp).dropDuplicates(["event_id"]).select(*TABLE_COLUMNS)
+
+
+def parsed(kafka_df):
+    """Kafka rows -> validated rows (event columns, extra, reason, raw) with their Kafka position and partitions."""
+    from pyspark.sql import functions as F
+
+    from spark.event_rules import validated
+
+    source = kafka_df.select("value", F.col("partition").alias("kafka_partition"),
+                             F.col("offset").alias("kafka_offset"))
+    return with_partitions(validated(source))
+
+
+def deduplicated(rows, window: str):
+    """Drop a repeated event_id seen within ``window`` of the sink's clock (bounded RocksDB state).
+
+    Rejected records never collide: their key is their Kafka position.
+    """
+    from pyspark.sql import functions as F
+
+    key = F.when(F.col("reason").isNull(), F.col("event_id")).otherwise(
+        F.concat(F.lit("!"), F.col("kafka_partition").cast("string"), F.lit(":"), F.col("kafka_offset").cast("string")))
+    return (rows.withColumn("_dedup_key", key)
+            .withColumn("_seen_at", F.current_timestamp())
+            .withWatermark("_seen_at", window)
+            .dropDuplicatesWithinWatermark(["_dedup_key"])
+            .drop("_dedup_key"))
 
 
 def dlq_records(rejected):
@@ -97,67 +95,116 @@ def dlq_records(rejected):
             F.base64(F.col("raw")).alias("raw_base64"),
             F.col("kafka_partition").alias("source_partition"),
             F.col("kafka_offset").alias("source_offset"),
-            F.lit(int(time.time() * 1000)).alias("rejected_at"),
+            F.col("ingested_at").alias("rejected_at"),
         )
     )
     return rejected.select(F.col("kafka_offset").cast("string").alias("key"), payload.alias("value"))
 
 
-class HiveEventsSink:
-    """foreachBatch target that writes each micro-batch exactly once into the events table."""
+class EventsSink:
+    """foreachBatch target: each de-duplicated micro-batch -> Redis aggregates, Hive events, DLQ; exactly once."""
 
-    def __init__(self, spark, settings: Settings):
+    def __init__(self, spark, settings: Settings, checkpoint: Path):
         self.spark = spark
         self.settings = settings
+        self.checkpoint = checkpoint
         self.table = f"{settings.hive.database}.{TABLE}"
         self.files = BatchFiles(spark, self.table, ["dt", "hr"], f"{settings.warehouse.as_uri()}/_staging")
         self.progress_path = settings.var / "run" / "stream-events.json"
-        self.totals = {"batches": 0, "valid": 0, "rejected": 0, "duplicates": 0}
+        self.totals = {"batches": 0, "valid": 0, "rejected": 0, "duplicates": 0, "aggregated": 0, "late": 0}
+        self.known_partitions: set[tuple] = set()
+        self._aggregates = None
+
+    def aggregates(self):
+        # Keyed by the query id stored in the checkpoint, so a fresh checkpoint
+        # (batch ids from 0 again) never matches an old batch marker in Redis.
+        if self._aggregates is None:
+            from spark.stream_aggregates import RedisAggregates
+
+            query_id = json.loads((self.checkpoint / "metadata").read_text())["id"]
+            self._aggregates = RedisAggregates(self.settings, query_id, 1000 * self.settings.spark.aggregates_late_after_s)
+        return self._aggregates
 
     def __call__(self, batch_df, batch_id: int) -> None:
+        from pyspark import StorageLevel
+        from pyspark.sql import functions as F
+
         started = time.time()
-        parsed = validated(batch_df).cache()
-        valid, rejected = split_valid(parsed)
-        valid = valid.cache()
-        partitions = self.files.partitions_of(valid)
-        # Order matters: forget this batch's earlier attempt first, so its events are
-        # not mistaken for duplicates, then drop event_ids already in the table.
+        rows = batch_df.persist(StorageLevel.MEMORY_AND_DISK)
+        # one action: partitions and counts (and it fills the cache the rest reads)
+        counts = rows.groupBy(F.col("reason").isNull().alias("ok"), "dt", "hr").count().collect()
+        partitions = sorted((r.dt, r.hr) for r in counts if r.ok)
+        n_valid = sum(r["count"] for r in counts if r.ok)
+        n_rejected = sum(r["count"] for r in counts if not r.ok)
+        valid = rows.where(F.col("reason").isNull())
+        phases = {"read": time.time() - started}
+        agg = self.aggregates()(valid, batch_id) if n_valid else None  # Redis first: the fresher path
+        phases["redis"] = time.time() - started - sum(phases.values())
+        # a replay first forgets what its crashed attempt wrote
         self.files.delete_attempt(batch_id, partitions)
-        existing = self.files.existing_files(partitions)
-        fresh = valid
-        if existing:
-            fresh = valid.join(self.spark.read.parquet(*existing).select("event_id"), on="event_id", how="left_anti")
-        fresh = fresh.cache()
-        n_valid, n_fresh = valid.count(), fresh.count()
-        if n_fresh:
-            self.files.write(fresh, batch_id, partitions)
-        n_rejected = self._send_to_dlq(rejected)
-        for df in (parsed, valid, fresh):
-            df.unpersist()
-        self._record(batch_id, n_fresh, n_rejected, n_valid - n_fresh, time.time() - started)
+        if n_valid:
+            new = [p for p in partitions if p not in self.known_partitions]
+            self.files.write(valid.select(*TABLE_COLUMNS), batch_id, partitions, register=new,
+                             max_records_per_file=self.settings.spark.file_max_records, single_task=False)
+            self.known_partitions.update(new)
+        if n_rejected:
+            self._send_to_dlq(rows.where(F.col("reason").isNotNull()))
+        rows.unpersist()
+        phases["hive"] = time.time() - started - sum(phases.values())
+        self._record(batch_id, n_valid, n_rejected, agg.late if agg else 0, time.time() - started, phases)
 
-    def _send_to_dlq(self, rejected) -> int:
-        count = rejected.count()
-        if count:
-            (dlq_records(rejected).write.format("kafka")
-             .option("kafka.bootstrap.servers", self.settings.kafka.bootstrap)
-             .option("topic", self.settings.kafka.dlq_topic)
-             .option("kafka.enable.idempotence", "true")
-             .option("kafka.acks", "all")
-             .option("kafka.max.request.size", str(DLQ_MAX_MESSAGE_BYTES))
-             .save())
-        return count
+    def _send_to_dlq(self, rejected) -> None:
+        (dlq_records(rejected).write.format("kafka")
+         .option("kafka.bootstrap.servers", self.settings.kafka.bootstrap)
+         .option("topic", self.settings.kafka.dlq_topic)
+         .option("kafka.enable.idempotence", "true")
+         .option("kafka.acks", "all")
+         .option("kafka.max.request.size", str(DLQ_MAX_MESSAGE_BYTES))
+         .save())
 
-    def _record(self, batch_id: int, fresh: int, rejected: int, dups: int, seconds: float) -> None:
+    def _record(self, batch_id: int, written: int, rejected: int, late: int, seconds: float,
+                phases: dict[str, float]) -> None:
         self.totals["batches"] += 1
-        self.totals["valid"] += fresh
+        self.totals["valid"] += written
         self.totals["rejected"] += rejected
-        self.totals["duplicates"] += dups
+        self.totals["aggregated"] = self._aggregates.applied if self._aggregates else 0
+        self.totals["late"] += late
         state = {"batch_id": batch_id, "updated_at": time.time(), "batch_seconds": round(seconds, 2),
-                 "last_batch": {"written": fresh, "rejected": rejected, "duplicates": dups}, "since_start": self.totals}
+                 "phase_seconds": {k: round(v, 2) for k, v in phases.items()},
+                 "last_batch": {"written": written, "rejected": rejected, "late": late}, "since_start": self.totals}
         write_json_atomic(self.progress_path, state)
-        print(f"batch {batch_id}: {fresh} events -> {self.table}, {rejected} -> DLQ, {dups} duplicates dropped "
-              f"({seconds:.1f}s)", flush=True)
+        split = ", ".join(f"{k} {v:.1f}s" for k, v in phases.items())
+        print(f"batch {batch_id}: {written} events -> {self.table} and Redis aggregates, {rejected} -> DLQ "
+              f"({seconds:.1f}s: {split})", flush=True)
+
+
+class DuplicatesListener:
+    """Adds what the de-duplication dropped (the query's progress) to the sink's totals."""
+
+    def __init__(self, sink: EventsSink):
+        self.sink = sink
+
+    def listener(self):
+        from pyspark.sql.streaming import StreamingQueryListener
+
+        sink = self.sink
+
+        class _Listener(StreamingQueryListener):
+            def onQueryStarted(self, event):
+                pass
+
+            def onQueryProgress(self, event):
+                if event.progress.name == QUERY_NAME:
+                    for op in event.progress.stateOperators or []:
+                        sink.totals["duplicates"] += int(op.customMetrics.get("numDroppedDuplicateRows", 0))
+
+            def onQueryIdle(self, event):
+                pass
+
+            def onQueryTerminated(self, event):
+                pass
+
+        return _Listener()
 
 
 def read_kafka(spark, settings: Settings, topic: str | None = None):
@@ -167,14 +214,13 @@ def read_kafka(spark, settings: Settings, topic: str | None = None):
         .option("kafka.bootstrap.servers", k.bootstrap)
         .option("subscribe", topic or k.events_topic)
         .option("startingOffsets", "earliest")
-        .option("maxOffsetsPerTrigger", MAX_OFFSETS_PER_TRIGGER)
+        .option("maxOffsetsPerTrigger", settings.spark.max_offsets_per_trigger)
         .option("kafka.request.timeout.ms", k.request_timeout_ms * 6)
         .option("failOnDataLoss", "true")
         .load()
     )
 
 
-AGGREGATES_TRIGGER_S = 1
 SERVED_TRIGGER_S = 30
 
 
@@ -190,9 +236,9 @@ def checkpoint_dir(settings: Settings, query: str = "stream-events") -> Path:
     return settings.var / "checkpoints" / query
 
 
-def _start(spark, settings: Settings, sink, name: str, checkpoint: Path, once: bool, every_s: int, topic: str | None = None):
+def _start(stream, sink, name: str, checkpoint: Path, once: bool, every_s: int):
     writer = (
-        read_kafka(spark, settings, topic).writeStream.foreachBatch(sink)
+        stream.writeStream.foreachBatch(sink)
         .option("checkpointLocation", checkpoint.as_uri())
         .queryName(name)
     )
@@ -201,36 +247,39 @@ def _start(spark, settings: Settings, sink, name: str, checkpoint: Path, once: b
 
 
 def main(args) -> int:
-    """Three queries in one Spark app (one JVM): events -> Hive (exactly once), events ->
-    Redis aggregates, and served feeds -> Hive served_feeds."""
+    """Two queries in one Spark app (one JVM): events -> Redis aggregates and Hive (exactly once),
+    and served feeds -> Hive served_feeds."""
     from feedloop.spark import get_spark
     from spark.served_feeds import ServedFeedsSink
-    from spark.stream_aggregates import RedisAggregatesSink
 
     settings = get_settings()
     spark = get_spark(APP_NAME, with_kafka=True, settings=settings)
+    # two cores: two state partitions; de-duplication state in RocksDB, checkpointed as changelogs
     spark.conf.set("spark.sql.shuffle.partitions", "2")
-    hive_sink = HiveEventsSink(spark, settings)
-    redis_checkpoint = checkpoint_dir(settings, "stream-aggregates")
-    redis_sink = RedisAggregatesSink(settings, redis_checkpoint)
+    spark.conf.set("spark.sql.streaming.stateStore.providerClass", STATE_STORE)
+    spark.conf.set("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")
+    # no batch without new data: the watermark only moves when events come (idle costs nothing)
+    spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", "false")
+    checkpoint = checkpoint_dir(settings)
+    sink = EventsSink(spark, settings, checkpoint)
+    spark.streams.addListener(DuplicatesListener(sink).listener())
+    events = deduplicated(parsed(read_kafka(spark, settings)), settings.spark.dedup_window)
     queries = [
-        _start(spark, settings, hive_sink, "events_to_hive", checkpoint_dir(settings), args.once,
-               settings.spark.streaming_trigger_s),
-        _start(spark, settings, redis_sink, "events_to_redis", redis_checkpoint, args.once, AGGREGATES_TRIGGER_S),
-        _start(spark, settings, ServedFeedsSink(spark, settings), "served_to_hive",
-               checkpoint_dir(settings, "served-feeds"), args.once, SERVED_TRIGGER_S, settings.kafka.served_topic),
+        _start(events, sink, QUERY_NAME, checkpoint, args.once, settings.spark.streaming_trigger_s),
+        _start(read_kafka(spark, settings, settings.kafka.served_topic), ServedFeedsSink(spark, settings),
+               "served_to_hive", checkpoint_dir(settings, "served-feeds"), args.once, SERVED_TRIGGER_S),
     ]
-    print(f"streaming {settings.kafka.events_topic} -> {hive_sink.table} and Redis aggregates "
-          f"(checkpoints under {checkpoint_dir(settings).parent})", flush=True)
+    print(f"streaming {settings.kafka.events_topic} -> {sink.table} and Redis aggregates "
+          f"(checkpoints under {checkpoint.parent})", flush=True)
     if args.once:
         for query in queries:
             query.awaitTermination()
     else:
         spark.streams.awaitAnyTermination()  # one query failing stops the app; the supervisor restarts it
-    totals = hive_sink.totals
-    print(f"stream-events done: {totals['valid']} events written to {hive_sink.table}, {totals['rejected']} to "
-          f"{settings.kafka.dlq_topic}, {totals['duplicates']} duplicates dropped in {totals['batches']} batches; "
-          f"{redis_sink.applied} events aggregated into Redis")
+    totals = sink.totals
+    print(f"stream-events done: {totals['valid']} events written to {sink.table} and aggregated into Redis, "
+          f"{totals['rejected']} to {settings.kafka.dlq_topic}, {totals['duplicates']} duplicates dropped, "
+          f"{totals['late']} too late for the trending windows, in {totals['batches']} batches")
     return 0
 
 
@@ -243,4 +292,5 @@ def progress_summary(settings: Settings) -> str:
     age = time.time() - state["updated_at"]
     totals = state["since_start"]
     return (f"stream-events: last batch {state['batch_id']} {age:.0f}s ago; since start {totals['valid']} events "
-            f"written, {totals['rejected']} to DLQ, {totals['duplicates']} duplicates dropped")
+            f"written, {totals['rejected']} to DLQ, {totals['duplicates']} duplicates dropped, "
+            f"{totals.get('late', 0)} too late for the trending windows")

@@ -91,6 +91,35 @@ def hive_query(settings, sql: str) -> list[tuple]:
         conn.close()
 
 
+def stream_committed_offsets(settings) -> int:
+    """Sum of the Kafka offsets the events sink has committed (its checkpoint); -1 before its first batch."""
+    import json
+
+    checkpoint = settings.var / "checkpoints" / "stream-events"
+    commits = sorted(int(p.name) for p in (checkpoint / "commits").glob("[0-9]*")) if checkpoint.exists() else []
+    if not commits:
+        return -1
+    offsets = json.loads((checkpoint / "offsets" / str(commits[-1])).read_text().splitlines()[-1])
+    return sum(int(v) for v in offsets[settings.kafka.events_topic].values())
+
+
+def wait_stream_caught_up(settings, timeout_s: float = 300) -> None:
+    """Wait until the events sink has committed every record now in its topic (so none is still on its way)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap)
+    try:
+        topic = settings.kafka.events_topic
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        end = sum(consumer.end_offsets(parts).values())
+    finally:
+        consumer.close()
+    deadline = time.time() + timeout_s
+    while stream_committed_offsets(settings) < end:
+        assert time.time() < deadline, f"the events sink did not catch up with offset {end} in {timeout_s}s"
+        time.sleep(0.5)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from feedloop import movielens
-from tests.integration.conftest import hive_query
+from tests.integration.conftest import hive_query, wait_stream_caught_up
 
 GENRES = ["unknown", "Action", "Comedy", "Drama"]
 # item ids no real ML-100K film has (1..1682), so these events never share an event id with the real
@@ -64,7 +64,7 @@ def test_import_lands_catalogue_and_events_once_even_when_run_twice(settings, ml
     deadline = time.time() + 400
     while time.time() < deadline and hive_query(settings, count_sql)[0][1] < len(ids):
         time.sleep(5)
-    time.sleep(2 * settings.spark.streaming_trigger_s)  # let any batch holding the re-sent copies finish
+    wait_stream_caught_up(settings)  # every re-sent copy has been through the sink
     assert hive_query(settings, count_sql)[0] == (len(ids), len(ids))
 
     users = {u: (g, a, o, i) for u, g, a, o, i in hive_query(

@@ -53,3 +53,13 @@ def test_aggregate_sums_per_pane_item_and_user(spark):
     assert ("u2", "impression", 1) in agg.user_stats and ("u1", "view", 1) in agg.user_stats
     # impressions are not "seen"; the last interaction time is kept
     assert sorted(agg.recent) == [("u1", "i1", 3_000), ("u2", "i2", SLIDE_MS + 5)]
+
+
+def test_events_behind_the_watermark_miss_the_windows_but_are_counted(spark):
+    from spark.stream_aggregates import aggregate
+
+    agg = aggregate(spark.createDataFrame(EVENTS.astype({"dwell_ms": "float64"})), watermark_ms=SLIDE_MS)
+    assert sorted(agg.panes_1m) == [(SLIDE_MS, "i2", 5.0)] and sorted(agg.panes_5m) == [(SLIDE_MS, "i2", 5.0)]
+    assert agg.late == 3  # the view, click and long dwell on i1, all before the watermark
+    assert dict(agg.popular) == {"i1": 6.0, "i2": 5.0}  # popular has no window to be late for
+    assert agg.events == len(EVENTS) and agg.max_ts == SLIDE_MS + 5
