@@ -108,11 +108,12 @@ def aggregate(events, watermark_ms: int = NO_WATERMARK) -> BatchAggregates:
     """Aggregate valid events (event_type, user_id, item_id, ts, dwell_ms) in one Spark job."""
     from pyspark.sql import functions as F
 
-    rows = (facts(events, watermark_ms).groupBy("kind", "k1", "k2", "pane")
-            .agg(F.sum("value").alias("total"), F.max("value").alias("latest"), F.count(F.lit(1)).alias("n"))
-            .collect())
+    table = (facts(events, watermark_ms).groupBy("kind", "k1", "k2", "pane")
+             .agg(F.sum("value").alias("total"), F.max("value").alias("latest"), F.count(F.lit(1)).alias("n"))
+             .toArrow())  # Arrow, not Row objects: a batch can hold 100,000s of (user, item) pairs
+    columns = [table.column(name).to_pylist() for name in ("kind", "k1", "k2", "pane", "total", "latest", "n")]
     agg = BatchAggregates([], [], [], [], [], events=0)
-    for kind, k1, k2, pane, total, latest, n in rows:
+    for kind, k1, k2, pane, total, latest, n in zip(*columns):
         if kind == "t1":
             agg.panes_1m.append((int(pane), k1, float(total)))
         elif kind == "t5":
@@ -162,10 +163,12 @@ def apply_aggregates(client, marker: str, batch_id: int, agg: BatchAggregates, n
     for user, event_type, n in agg.user_stats:
         pipe.hincrby(online.user_stats_key(user), event_type, n)
         pipe.expire(online.user_stats_key(user), USER_STATS_TTL_S)
-    touched = sorted({user for user, _, _ in agg.recent})
+    by_user: dict[str, dict[str, int]] = {}
     for user, item, ts in agg.recent:
-        pipe.zadd(online.user_recent_key(user), {item: ts}, gt=True)
-    for user in touched:
+        by_user.setdefault(user, {})[item] = ts
+    touched = sorted(by_user)
+    for user in touched:  # one ZADD per user, not per item
+        pipe.zadd(online.user_recent_key(user), by_user[user], gt=True)
         pipe.zremrangebyrank(online.user_recent_key(user), 0, -RECENT_MAX_ITEMS - 1)
         pipe.expire(online.user_recent_key(user), RECENT_TTL_S)
     current_1m = now - now % TUMBLING_MS
