@@ -422,7 +422,7 @@ def freshness(settings, rate: float, duration_s: float, grace_s: float) -> dict:
     sim = Simulator(users, items, SEED + 3)
     producer = EventProducer(settings, "confluent", client_id="bench-freshness")
     topic = settings.kafka.events_topic
-    markers = Markers(run_id=str(int(time.time())), min_offset=topic_min_end(settings))
+    markers = Markers(run_id=str(int(time.time())), min_offset=min(end_offsets(settings)))  # every marker sits above it
     stop = threading.Event()
     pollers = [threading.Thread(target=poll_redis, args=(settings, markers, stop), daemon=True),
                threading.Thread(target=poll_hive, args=(settings, markers, stop), daemon=True)]
@@ -536,21 +536,8 @@ def prefill_hour(spark, settings, rows: int, hour_ms: int) -> dict:
     return {"rows": rows, "partition": f"dt={dt}/hr={hr}", "seconds": round(time.time() - started, 1), "files": added}
 
 
-def sink_offsets(settings) -> int | None:
-    """Sum over partitions of the Kafka offsets the sink has committed (its checkpoint), None before any."""
-    checkpoint = settings.var / "checkpoints" / "stream-events"
-    try:
-        commits = sorted(int(p.name) for p in (checkpoint / "commits").iterdir() if p.name.isdigit())
-        if not commits:
-            return None
-        lines = (checkpoint / "offsets" / str(commits[-1])).read_text().splitlines()
-        offsets = json.loads(lines[-1])[settings.kafka.events_topic]
-        return sum(int(v) for v in offsets.values())
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def topic_end(settings) -> int:
+def end_offsets(settings) -> list[int]:
+    """The topic's end offset in each partition."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": "bench-lag",
@@ -558,28 +545,16 @@ def topic_end(settings) -> int:
     try:
         topic = settings.kafka.events_topic
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
-    finally:
-        consumer.close()
-
-
-def topic_min_end(settings) -> int:
-    """The smallest end offset over the topic's partitions (every record sent later sits above it)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": "bench-lag",
-                         "enable.auto.commit": False})
-    try:
-        topic = settings.kafka.events_topic
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return min(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+        return [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts]
     finally:
         consumer.close()
 
 
 def consumer_lag(settings) -> int | None:
-    committed = sink_offsets(settings)
-    return None if committed is None else topic_end(settings) - committed
+    from spark.stream_events import committed_offsets
+
+    committed = committed_offsets(settings)
+    return None if committed is None else sum(end_offsets(settings)) - committed
 
 
 def sustained(settings, rate: float, duration_s: float, grace_s: float, scale: str = "peak") -> dict:

@@ -18,7 +18,7 @@ Every valid event becomes a few *facts*, exploded in one pass and summed in one
   ``max``                                                     -> newest event time
 
 **Event time and lateness.** The watermark is the newest event time of the
-earlier batches less ``spark.aggregates_late_after`` (default 10 minutes). An
+earlier batches less ``spark.aggregates_late_after_s`` (default 10 minutes). An
 event older than that is too late for the trending windows: it is left out of
 them and counted (``late`` in the sink's progress and ``feedloop status``); it
 still counts for popular, the user's stats and recent history, which have no
@@ -34,7 +34,7 @@ current and previous 5-minute panes (10 minutes sliding by 5).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 
@@ -70,7 +70,6 @@ class BatchAggregates:
     events: int
     late: int = 0
     max_ts: int | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def facts(events, watermark_ms: int):

@@ -178,33 +178,26 @@ class EventsSink:
               f"({seconds:.1f}s: {split})", flush=True)
 
 
-class DuplicatesListener:
-    """Adds what the de-duplication dropped (the query's progress) to the sink's totals."""
+def duplicates_listener(sink: EventsSink):
+    """A query listener that adds what the de-duplication dropped (the query's progress) to the sink's totals."""
+    from pyspark.sql.streaming import StreamingQueryListener
 
-    def __init__(self, sink: EventsSink):
-        self.sink = sink
+    class DuplicatesListener(StreamingQueryListener):
+        def onQueryStarted(self, event):
+            pass
 
-    def listener(self):
-        from pyspark.sql.streaming import StreamingQueryListener
+        def onQueryProgress(self, event):
+            if event.progress.name == QUERY_NAME:
+                for op in event.progress.stateOperators or []:
+                    sink.totals["duplicates"] += int(op.customMetrics.get("numDroppedDuplicateRows", 0))
 
-        sink = self.sink
+        def onQueryIdle(self, event):
+            pass
 
-        class _Listener(StreamingQueryListener):
-            def onQueryStarted(self, event):
-                pass
+        def onQueryTerminated(self, event):
+            pass
 
-            def onQueryProgress(self, event):
-                if event.progress.name == QUERY_NAME:
-                    for op in event.progress.stateOperators or []:
-                        sink.totals["duplicates"] += int(op.customMetrics.get("numDroppedDuplicateRows", 0))
-
-            def onQueryIdle(self, event):
-                pass
-
-            def onQueryTerminated(self, event):
-                pass
-
-        return _Listener()
+    return DuplicatesListener()
 
 
 def read_kafka(spark, settings: Settings, topic: str | None = None):
@@ -236,6 +229,16 @@ def checkpoint_dir(settings: Settings, query: str = "stream-events") -> Path:
     return settings.var / "checkpoints" / query
 
 
+def committed_offsets(settings: Settings) -> int | None:
+    """Sum over partitions of the Kafka offsets the events sink has committed (its checkpoint); None before any."""
+    checkpoint = checkpoint_dir(settings)
+    commits = sorted(int(p.name) for p in (checkpoint / "commits").glob("[0-9]*")) if checkpoint.exists() else []
+    if not commits:
+        return None
+    offsets = json.loads((checkpoint / "offsets" / str(commits[-1])).read_text().splitlines()[-1])
+    return sum(int(v) for v in offsets[settings.kafka.events_topic].values())
+
+
 def _start(stream, sink, name: str, checkpoint: Path, once: bool, every_s: int):
     writer = (
         stream.writeStream.foreachBatch(sink)
@@ -262,7 +265,7 @@ def main(args) -> int:
     spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", "false")
     checkpoint = checkpoint_dir(settings)
     sink = EventsSink(spark, settings, checkpoint)
-    spark.streams.addListener(DuplicatesListener(sink).listener())
+    spark.streams.addListener(duplicates_listener(sink))
     events = deduplicated(parsed(read_kafka(spark, settings)), settings.spark.dedup_window)
     queries = [
         _start(events, sink, QUERY_NAME, checkpoint, args.once, settings.spark.streaming_trigger_s),

@@ -91,21 +91,11 @@ def hive_query(settings, sql: str) -> list[tuple]:
         conn.close()
 
 
-def stream_committed_offsets(settings) -> int:
-    """Sum of the Kafka offsets the events sink has committed (its checkpoint); -1 before its first batch."""
-    import json
-
-    checkpoint = settings.var / "checkpoints" / "stream-events"
-    commits = sorted(int(p.name) for p in (checkpoint / "commits").glob("[0-9]*")) if checkpoint.exists() else []
-    if not commits:
-        return -1
-    offsets = json.loads((checkpoint / "offsets" / str(commits[-1])).read_text().splitlines()[-1])
-    return sum(int(v) for v in offsets[settings.kafka.events_topic].values())
-
-
 def wait_stream_caught_up(settings, timeout_s: float = 300) -> None:
     """Wait until the events sink has committed every record now in its topic (so none is still on its way)."""
     from kafka import KafkaConsumer, TopicPartition
+
+    from spark.stream_events import committed_offsets
 
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap)
     try:
@@ -115,7 +105,7 @@ def wait_stream_caught_up(settings, timeout_s: float = 300) -> None:
     finally:
         consumer.close()
     deadline = time.time() + timeout_s
-    while stream_committed_offsets(settings) < end:
+    while (committed := committed_offsets(settings)) is None or committed < end:
         assert time.time() < deadline, f"the events sink did not catch up with offset {end} in {timeout_s}s"
         time.sleep(0.5)
 

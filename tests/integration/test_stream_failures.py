@@ -24,6 +24,8 @@ from feedloop.events import new_event
 from feedloop.services import supervisor
 from tests.integration.conftest import wait_stream_caught_up
 
+RUN = uuid.uuid4().hex[:8]  # this run's users: counts ignore what earlier runs left on a kept stack
+
 
 def day_ts(ds: str) -> int:
     from datetime import datetime, timezone
@@ -57,7 +59,7 @@ class AckedProducer:
     def _run(self):
         start, base = time.time(), day_ts(self.ds)
         for n in range(self.total):
-            event = new_event("view", f"u{n % 97}", f"i{n % 113}", base + n)
+            event = new_event("view", f"{RUN}-u{n % 97}", f"i{n % 113}", base + n)
             future = self.producer.send(self.topic, json.dumps(event).encode(), key=event["user_id"].encode())
             future.add_callback(self._ok).add_errback(self._err)
             time.sleep(max(0.0, (n + 1) / self.per_s - (time.time() - start)))
@@ -73,10 +75,12 @@ class AckedProducer:
 
 
 def hive_counts(settings, ds: str) -> tuple[int, int]:
+    """Rows and distinct event ids of this run's users on day ``ds`` (a kept test stack holds earlier runs')."""
     from feedloop.services import hive_connection
 
     cursor = hive_connection(settings, "feedloop").cursor()
-    cursor.execute(f"SELECT COUNT(*), COUNT(DISTINCT event_id) FROM events WHERE dt = '{ds}'")
+    cursor.execute(f"SELECT COUNT(*), COUNT(DISTINCT event_id) FROM events WHERE dt = '{ds}' "
+                   f"AND user_id LIKE '{RUN}-%'")
     return tuple(cursor.fetchone())
 
 
@@ -147,7 +151,7 @@ def test_a_duplicate_resent_after_a_restart_lands_once(settings):
 
     ds = "2026-10-04"
     rpc = supervisor(settings)
-    events = [new_event("click", f"u{n}", f"i{n}", day_ts(ds) + n) for n in range(50)]
+    events = [new_event("click", f"{RUN}-u{n}", f"i{n}", day_ts(ds) + n) for n in range(50)]
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", enable_idempotence=True)
 
     def send(batch):
@@ -161,7 +165,7 @@ def test_a_duplicate_resent_after_a_restart_lands_once(settings):
     os.killpg(pid, signal.SIGKILL)
     wait_running(rpc, "stream-events", pid)
     # the same 50 event ids again (a client retrying), then 10 new events behind them
-    fresh = [new_event("click", f"v{n}", f"i{n}", day_ts(ds) + 1000 + n) for n in range(10)]
+    fresh = [new_event("click", f"{RUN}-v{n}", f"i{n}", day_ts(ds) + 1000 + n) for n in range(10)]
     send(events + fresh)
     producer.close()
     counts = wait_for_count(settings, ds, len(events) + len(fresh))
@@ -194,7 +198,7 @@ def test_ten_thousand_malformed_records_all_reach_the_dlq(settings):
 
     ds, tag = "2026-10-03", f"bad-{uuid.uuid4()}"
     bad = malformed_records(tag, 10_000)
-    good = [new_event("view", f"u{n}", f"i{n}", day_ts(ds) + n) for n in range(500)]
+    good = [new_event("view", f"{RUN}-u{n}", f"i{n}", day_ts(ds) + n) for n in range(500)]
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", enable_idempotence=True,
                              max_request_size=2 * 1024 * 1024 - 1024, linger_ms=20)
     for n, record in enumerate(bad):
