@@ -97,7 +97,7 @@ COMMANDS = {
     "retention": ("spark.maintenance:retention", "drop partitions older than --keep-days", _retention),
     "analyze": ("spark.maintenance:analyze", "compute Hive statistics for a day's partitions", _ds),
     "train": ("models.train:main", "train the two-tower model on a day's data and register it", _ds),
-    "baselines": ("models.baselines:main", "popularity and ALS baselines on the day's holdout, logged to MLflow", _ds),
+    "baselines": ("models.baselines:main", "popularity, EASE and ALS baselines (tuned on validation) on the day's holdout, logged to MLflow", _ds),
     "gate": ("models.train:gate_main", "evaluate the day's new version against the champion and move the aliases", _ds),
     "features": ("spark.features:main_cli", "build user_features and item_features for --ds", _ds),
     "training-set": ("spark.training_set:main_cli", "build training_examples for --ds", _ds),

@@ -17,7 +17,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -160,12 +160,41 @@ class ApiSettings(_Section):
 
 
 class ModelSettings(_Section):
-    embedding_dim: int = 32
-    hash_buckets: int = 100_000
-    epochs: int = 3
-    batch_size: int = 1024
-    learning_rate: float = 0.05
+    # The two-tower model and its training: every field of models.two_tower.TowerConfig, then the
+    # training knobs. One path reads them (models.tuning.base_params): the DAG's train step,
+    # bench.quality, bench.training, bench.closed_loop and the online learner. The defaults are the
+    # configuration bench.quality measures; the train step's bounded search (below) starts from them
+    # and keeps them unless another configuration scores better on a validation split. See docs/model.md.
+    embedding_dim: int = 64
+    hash_buckets: int = 200_000
     temperature: float = 0.05
+    id_dropout: float = 0.1
+    segment_part_dropout: float = 0.1
+    history_length: int = 200
+    history_dropout: float = 0.5
+    history_pooling: Literal["mean", "sqrt"] = "mean"
+    user_id_dropout: float = 1.0
+    uniform_negatives: int = 1024
+    hidden_units: int = 256
+    hidden_layers: int = 1
+    head_dropout: float = 0.3
+    optimizer: Literal["adam", "adagrad"] = "adam"
+    weight_decay: float = 0.0
+    average_epochs: int = 10
+    log_q_weight: float = 2.0
+    seed: int = 7
+    epochs: int = 24
+    batch_size: int = 1024
+    learning_rate: float = 0.002
+    final_learning_rate: float | None = None  # None: constant; else linear decay to it over the epochs
+    # Tuning on validation data (models.tuning): an Optuna search (TPE, the defaults above as its
+    # first trial) on a validation split carved out of the training pairs, never the holdout.
+    tune: bool = True
+    tune_trials: int = 8  # at most this many configurations ...
+    tune_budget_s: float = 600.0  # ... and no new trial after this many seconds
+    tune_every_days: int = 7  # search again when the last search is older (by ds) ...
+    tune_catalogue_change: float = 2.0  # ... or the catalogue grew or shrank by this factor
+    validation_share: float = 0.2  # share of the training pairs held out for validation
     feed_size: int = 50
     aging_keep_share: float = 0.2  # share of the previous feed's unseen items a refresh keeps
     exploration_slots: int = 2  # slots reserved for new items in every feed

@@ -3,13 +3,16 @@
 ``main(args)`` is the thin Spark layer (``feedloop train --ds YYYY-MM-DD``);
 :func:`train_and_register` is the core, callable with pandas DataFrames.
 
-A new version becomes ``champion`` only when its NDCG@10 is at least the current
-champion's, both measured on this run's holdout; otherwise it is ``challenger``
-and the run and version carry the reason.
+A new version becomes ``champion`` only when its NDCG@10 beats (strictly) the
+current champion's, both measured on this run's holdout, which tuning never sees
+(:mod:`models.tuning` carves its validation split out of the training pairs);
+otherwise it is ``challenger`` and the run and version carry the reason.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -93,6 +96,44 @@ def window_start(ds: str, days: int = WINDOW_DAYS) -> str:
     return (day - timedelta(days=days - 1)).isoformat()
 
 
+# ------------------------------------------------------------------ tuning schedule
+def tuning_key(model_settings) -> str:
+    """A digest of the configured parameters a search starts from: a changed setting means a new search."""
+    from models.tuning import base_params, flat
+
+    return hashlib.sha256(json.dumps(flat(base_params(model_settings)), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def recent_choice(client: MlflowClient, experiment_id: str, ds: str, n_items: int, key: str, model_settings,
+                  log=print) -> dict | None:
+    """A recent search's choice to reuse, or None to search again.
+
+    Schedule: search when tuning is on and there is no earlier search from the same configured parameters
+    (``key``) within ``tune_every_days`` before ``ds``, on a catalogue within a factor
+    ``tune_catalogue_change`` of this one's size. So a daily retrain searches about once a week, and at
+    once when the catalogue grows or shrinks a lot or a setting changes."""
+    ms = model_settings
+    if not ms.tune or ms.tune_trials <= 0 or ms.tune_every_days <= 0:
+        return None
+    runs = client.search_runs([experiment_id], filter_string=f"tags.tuning = 'searched' and tags.tuning_key = '{key}'",
+                              order_by=["attributes.start_time DESC"], max_results=50)
+    day = date.fromisoformat(ds)
+    for run in runs:
+        tags = run.data.tags
+        try:
+            searched_on = date.fromisoformat(tags.get("ds", ""))
+            items = int(tags.get("items", "0"))
+            choice = json.loads(tags["tuning_choice"])
+        except (KeyError, ValueError):
+            continue
+        age = (day - searched_on).days
+        ratio = max(items, n_items) / max(min(items, n_items), 1)
+        if 0 <= age < ms.tune_every_days and ratio < ms.tune_catalogue_change:
+            log(f"tuning: the search of {searched_on} ({items:,} items, run {run.info.run_id}) is recent; reusing it")
+            return choice
+    return None
+
+
 # ------------------------------------------------------------------ core
 def train_and_register(
     train: pd.DataFrame,
@@ -109,7 +150,7 @@ def train_and_register(
     ``users``: ``user_id, gender, age, interests``; ``items``: ``item_id, category``.
     The new version is tagged ``gate=pending``; ``feedloop gate`` decides its alias.
     """
-    from models.two_tower import TowerConfig, TwoTower
+    from models import tuning
 
     settings = settings or get_settings()
     ms = settings.model
@@ -123,20 +164,30 @@ def train_and_register(
 
     client = configure_mlflow(settings)
     experiment = mlflow.set_experiment(settings.mlflow.experiment)
-    config = TowerConfig.from_settings(ms)
+    base_key = tuning_key(ms)
+    reuse = recent_choice(client, experiment.experiment_id, ds, len(catalogue), base_key, ms, log)
     with mlflow.start_run(run_name=f"two-tower {ds}") as run:
         mlflow.set_tags({"ds": ds, "rows": len(pairs), "train_rows": len(train), "holdout_rows": len(holdout),
-                         "data_window": f"{window_start(ds)}..{ds}", "git_sha": git_sha(), "model_type": "two-tower"})
-        mlflow.log_params({**asdict(config), "epochs": ms.epochs, "batch_size": ms.batch_size,
-                           "learning_rate": ms.learning_rate, "optimizer": "adagrad", "window_days": WINDOW_DAYS,
-                           "holdout_share": data.HOLDOUT_SHARE, "k": K})
-
-        model = TwoTower(config)
+                         "data_window": f"{window_start(ds)}..{ds}", "git_sha": git_sha(), "model_type": "two-tower",
+                         "items": len(catalogue)})
 
         def on_epoch(epoch: int, loss: float, rate: float) -> None:
             mlflow.log_metrics({"loss": loss, "examples_per_s": rate}, step=epoch)
 
-        losses = model.fit(train, user_features, catalogue, ms.epochs, ms.batch_size, ms.learning_rate, on_epoch, log)
+        split = tuning.validation_split(ms.validation_share)  # the latest training pairs, as the holdout is
+        model, losses, params, search = tuning.train_shipped(train, user_features, catalogue, ms, split,
+                                                             reuse=reuse, log=log, on_epoch=on_epoch)
+        mlflow.log_params({**tuning.flat(params), "window_days": WINDOW_DAYS, "holdout_share": data.HOLDOUT_SHARE,
+                           "validation_share": ms.validation_share, "k": K})
+        if search is not None and search.trials:
+            choice = search.trials[search.best_trial]["params"]
+            mlflow.set_tags({"tuning": "searched", "tuning_key": base_key, "tuning_choice": json.dumps(choice)})
+            mlflow.log_metrics({"validation_ndcg10_base": search.base_score, "validation_ndcg10_chosen": search.best_score,
+                                "tuning_seconds": search.seconds, "tuning_trials": len(search.trials)})
+            mlflow.log_dict({"validation": "latest share of the training pairs", "validation_pairs":
+                             search.validation_pairs, "trials": search.trials}, "tuning/trials.json")
+        else:
+            mlflow.set_tags({"tuning": "reused" if reuse is not None else "off"})
         metrics = model.evaluate(train, holdout, user_features, catalogue, K)
         mlflow.log_metrics({k: v for k, v in metrics.items()})
         _log_plots(model, train, holdout, user_features, catalogue, losses)
@@ -259,10 +310,16 @@ def _gate(champion, metrics, train, holdout, user_features, catalogue, log) -> t
         return {}, True, f"champion v{champion.version} could not be loaded: {type(exc).__name__}"
     champion_metrics = previous.evaluate(train, holdout, user_features, catalogue, K)
     log(f"champion v{champion.version} on the same holdout: {champion_metrics}")
+    promote, reason = beats(metrics, champion_metrics, champion.version)
+    return champion_metrics, promote, reason
+
+
+def beats(metrics: dict, champion_metrics: dict, champion_version: str) -> tuple[bool, str]:
+    """(promote?, reason): the new version must beat the champion strictly; a tie keeps the champion."""
     new, old = metrics[GATE_METRIC], champion_metrics[GATE_METRIC]
-    if new >= old:
-        return champion_metrics, True, f"{GATE_METRIC} {new:.4f} >= champion v{champion.version} {old:.4f}"
-    return champion_metrics, False, f"{GATE_METRIC} {new:.4f} < champion v{champion.version} {old:.4f}"
+    if new > old:
+        return True, f"{GATE_METRIC} {new:.4f} > champion v{champion_version} {old:.4f}"
+    return False, f"{GATE_METRIC} {new:.4f} <= champion v{champion_version} {old:.4f}"
 
 
 def _log_model(model, settings: Settings, log) -> str:

@@ -92,11 +92,9 @@ class TowerConfig:
 
     @classmethod
     def from_settings(cls, model_settings) -> "TowerConfig":
-        return cls(
-            embedding_dim=model_settings.embedding_dim,
-            hash_buckets=model_settings.hash_buckets,
-            temperature=model_settings.temperature,
-        )
+        """Every field from the settings' model section (``feedloop.settings.ModelSettings``), the shipped
+        configuration before tuning (:func:`models.tuning.base_params`)."""
+        return cls(**{f.name: getattr(model_settings, f.name) for f in fields(cls)})
 
     @classmethod
     def from_dict(cls, values: Mapping[str, object]) -> "TowerConfig":

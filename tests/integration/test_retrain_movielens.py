@@ -54,7 +54,16 @@ def test_mlflow_has_the_days_three_models(settings, movielens_dag):
     client = MlflowClient(tracking_uri=settings.mlflow_uri)
     experiment = client.get_experiment_by_name(settings.mlflow.experiment)
     runs = client.search_runs([experiment.experiment_id], f"tags.ds = '{LAST_DAY}'")
-    assert {"two-tower", "popularity", "als"} <= {r.data.tags.get("model_type") for r in runs}
+    assert {"two-tower", "popularity", "als", "ease"} <= {r.data.tags.get("model_type") for r in runs}
+    # the train step chose its configuration on a validation split and logged the search
+    two_tower = next(r for r in runs if r.data.tags.get("model_type") == "two-tower")
+    assert two_tower.data.tags["tuning"] == "searched", two_tower.data.tags
+    assert two_tower.data.metrics["tuning_trials"] >= 1
+    trials = client.list_artifacts(two_tower.info.run_id, "tuning")
+    assert [a.path for a in trials] == ["tuning/trials.json"]
+    for baseline in ("ease", "als"):
+        run = next(r for r in runs if r.data.tags.get("model_type") == baseline)
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "tuning")] == ["tuning/trials.json"]
     versions = [v for v in client.search_model_versions(f"name='{settings.mlflow.model_name}'")
                 if v.tags.get("ds") == LAST_DAY]
     assert versions and all(v.tags.get("gate") in ("champion", "challenger") for v in versions)
