@@ -251,20 +251,24 @@ def gate(train, holdout, users, items, ds: str, settings: Settings | None = None
     model = load_registered(name, candidate.version)
     metrics = model.evaluate(train, holdout, user_features, catalogue, K)
     champion = aliased_version(client, name)
-    champion_metrics, promote, reason = _gate(champion, metrics, train, holdout, user_features, catalogue, log)
+    champion_metrics, promote, reason = _gate(champion, candidate, metrics, train, holdout, user_features, catalogue,
+                                              log)
     alias = CHAMPION if promote else CHALLENGER
-    client.set_registered_model_alias(name, alias, candidate.version)
-    for tag, value in {GATE_METRIC: f"{metrics[GATE_METRIC]:.6f}", "gate": alias, "gate_reason": reason}.items():
-        client.set_model_version_tag(name, candidate.version, tag, value)
     run_id = candidate.tags.get("run_id") or candidate.run_id
-    with mlflow.start_run(run_id=run_id):
-        mlflow.set_tags({"gate": alias, "gate_reason": reason})
-        if champion_metrics:
-            mlflow.log_metrics({f"champion_{k}": v for k, v in champion_metrics.items() if k != "eval_users"})
+    # Order matters for a retry: the Hive rows and the run's tags first, the alias next, and the version's
+    # `gate` tag last. Until that tag is set the version is still pending, so a retried task finds it and
+    # gates it again (a champion alias already moved to it is recognised by _gate).
     rows = [(candidate.version, run_id, metrics, promote)]
     if champion is not None and champion_metrics:
         rows.append((champion.version, champion.run_id, champion_metrics, not promote))
     write_model_metrics(settings, ds, name, rows)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.set_tags({"gate": alias, "gate_reason": reason})
+        if champion_metrics:
+            mlflow.log_metrics({f"champion_{k}": v for k, v in champion_metrics.items() if k != "eval_users"})
+    client.set_registered_model_alias(name, alias, candidate.version)
+    for tag, value in {GATE_METRIC: f"{metrics[GATE_METRIC]:.6f}", "gate_reason": reason, "gate": alias}.items():
+        client.set_model_version_tag(name, candidate.version, tag, value)
     uri = settings.mlflow_uri.rstrip("/")
     result = TrainResult(version=candidate.version, run_id=run_id, metrics=metrics, alias=alias, reason=reason,
                          run_url=f"{uri}/#/models/{name}/versions/{candidate.version}",
@@ -281,26 +285,29 @@ def write_model_metrics(settings: Settings, ds: str, name: str, rows) -> None:
     from feedloop.services import hive_connection
 
     now = int(time.time() * 1000)
-    values = [
-        f"('{name}', '{version}', '{run_id}', '{metric}', {float(value)}, {str(bool(is_champion)).upper()}, {now})"
-        for version, run_id, metrics, is_champion in rows
-        for metric, value in sorted(metrics.items())
-    ]
+    values = [(name, str(version), str(run_id), metric, float(value), bool(is_champion), now)
+              for version, run_id, metrics, is_champion in rows for metric, value in sorted(metrics.items())]
     if not values:
         return
+    # PyHive's parameters (pyformat, escaped by the driver); the partition value is a checked date
+    day = date.fromisoformat(ds).isoformat()
+    placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(values))
     conn = hive_connection(settings, settings.hive.database)
     try:
-        conn.cursor().execute(f"INSERT OVERWRITE TABLE model_metrics PARTITION (dt='{ds}') VALUES {', '.join(values)}")
+        conn.cursor().execute(f"INSERT OVERWRITE TABLE model_metrics PARTITION (dt='{day}') VALUES {placeholders}",
+                              [v for row in values for v in row])
     finally:
         conn.close()
 
 
-def _gate(champion, metrics, train, holdout, user_features, catalogue, log) -> tuple[dict, bool, str]:
+def _gate(champion, candidate, metrics, train, holdout, user_features, catalogue, log) -> tuple[dict, bool, str]:
     """(champion's metrics on this holdout, promote?, reason)."""
     from models.two_tower import load_registered
 
     if champion is None:
         return {}, True, "no champion yet"
+    if champion.version == candidate.version:  # a retry after the alias moved: the decision was made
+        return {}, True, f"already champion (a retried gate for v{candidate.version})"
     if metrics.get("eval_users", 0) == 0:
         return {}, False, "empty holdout: cannot compare with the champion"
     try:

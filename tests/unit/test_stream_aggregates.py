@@ -6,7 +6,7 @@ import pytest
 from feature_store.definitions import SLIDE_MS, TUMBLING_MS
 from models.data import event_weights
 
-pyspark = pytest.importorskip("pyspark")
+import pyspark  # noqa: E402  (a locked dependency: a broken install fails, never skips)
 
 
 @pytest.fixture(scope="module")

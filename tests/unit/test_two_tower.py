@@ -8,7 +8,7 @@ import pytest
 
 from models import data
 
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf  # noqa: E402  (a locked dependency: a broken install fails, never skips)
 
 from models.two_tower import (  # noqa: E402
     SparseAdagrad,
