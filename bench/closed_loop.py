@@ -16,10 +16,10 @@ hidden preferences, the click model by preference and position):
    hidden preference and the position; plus ``--organic`` organic actions (views,
    clicks, dwell the users sought themselves);
 3. **the learner** (:class:`models.online.OnlineLearner`, the streaming job's code
-   and settings: flood caps, replay, bounded steps, guardrail on a fixed holdout)
-   learns from every click and dwell of the round, both arms' and organic, as the
-   streaming job does from the events topic, and republishes the touched segments'
-   feeds (:func:`spark.stream_learner.segment_feeds`);
+   and settings: flood caps, replay, bounded steps, the prequential judge, the
+   holdout's catastrophe bound) learns from every click and dwell of the round,
+   both arms' and organic, as the streaming job does from the events topic, and
+   republishes the touched segments' feeds (:func:`spark.stream_learner.segment_feeds`);
 4. **drift** at ``--drift-round``: a new trend: ``--trend-items`` new items in a
    new category are released, and the users whose top interest is one of
    ``--trend-interests`` categories come to prefer it over everything (weight 4
@@ -31,7 +31,9 @@ on the running stack); the learning, guardrail and feed computation are the
 streaming job's own code. The CTR curves go to ``var/bench/closed_loop.png`` and
 MLflow (the stack's server when it answers, else ``var/bench/mlflow.db``). The last
 line is one JSON object with ``ctr_learner``, ``ctr_frozen`` (whole run) and the
-same after the drift, their ratio and a two-proportion z score.
+same after the drift, their ratio and a two-proportion z score, for each seed
+(``--seeds``, default three), then their mean ± standard deviation and whether the
+learner beats the frozen champion after the drift on every seed.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pandas as pd
 
 FEED_LIMIT = 10
@@ -55,6 +58,11 @@ TREND_CATEGORY = "viral"
 TREND_WEIGHT = 4.0
 COOLED_WEIGHT = 0.7
 EVENT_COLUMNS = ["user_id", "item_id", "event_type", "ts", "dwell_ms"]
+DEFAULT_SEEDS = "7,11,23"
+# the figures summarised over seeds (mean ± std)
+SUMMARISED = ("ctr_learner", "ctr_frozen", "ctr_learner_after_drift", "ctr_frozen_after_drift",
+              "ratio_learner_to_frozen", "ratio_after_drift", "z_after_drift", "updates_accepted",
+              "updates_refused", "resets")
 
 
 def log(message: str) -> None:
@@ -91,6 +99,24 @@ def z_score(clicks_a: int, shown_a: int, clicks_b: int, shown_b: int) -> float:
     pooled = (clicks_a + clicks_b) / (shown_a + shown_b)
     se = math.sqrt(pooled * (1 - pooled) * (1 / shown_a + 1 / shown_b))
     return (clicks_a / shown_a - clicks_b / shown_b) / se if se else 0.0
+
+
+def beats(result: dict) -> bool:
+    """The learner beats the frozen champion: higher CTR after the drift, z above 2."""
+    return result["ctr_learner_after_drift"] > result["ctr_frozen_after_drift"] and result["z_after_drift"] > 2
+
+
+def summarise(results: list[dict]) -> dict:
+    """Per-seed results, their mean and standard deviation (ddof 1), and whether the learner beat every seed."""
+    def stats(key):
+        values = np.array([r[key] for r in results], dtype=np.float64)
+        return round(float(values.mean()), 4), round(float(values.std(ddof=1)) if len(values) > 1 else 0.0, 4)
+
+    summary = {key: stats(key) for key in SUMMARISED}
+    return {"seeds": [r["seed"] for r in results], "per_seed": results,
+            "mean": {k: v[0] for k, v in summary.items()}, "std": {k: v[1] for k, v in summary.items()},
+            "beats_every_seed": all(beats(r) for r in results),
+            "seconds": round(sum(r["seconds"] for r in results), 1)}
 
 
 def plot(rounds: pd.DataFrame, drift_round: int, path: Path) -> Path:
@@ -164,12 +190,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trend-items", type=int, default=30)
     parser.add_argument("--trend-interests", default="comedy,drama,action,sci-fi",
                         help="users whose top interest is one of these adopt the trend")
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
+    parser.add_argument("--seeds", default=DEFAULT_SEEDS, help="comma-separated: one run (one world) per seed")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the runs to MLflow")
     args = parser.parse_args(argv)
     if not 0 < args.drift_round < args.rounds:
         parser.error("--drift-round must fall inside the run (0 < drift-round < rounds)")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if not seeds:
+        parser.error("--seeds names no seed")
 
+    results = []
+    for n, seed in enumerate(seeds):
+        log(f"seed {seed} ({n + 1}/{len(seeds)})")
+        results.append(run(args, seed))
+    summary = summarise(results)
+    mean, std = summary["mean"], summary["std"]
+    log(f"{len(seeds)} seeds in {summary['seconds']:.0f}s: after the drift, CTR with the learner "
+        f"{mean['ctr_learner_after_drift']:.4f} ± {std['ctr_learner_after_drift']:.4f} vs frozen champion "
+        f"{mean['ctr_frozen_after_drift']:.4f} ± {std['ctr_frozen_after_drift']:.4f} (ratio "
+        f"{mean['ratio_after_drift']:.3f} ± {std['ratio_after_drift']:.3f}); the learner beats it on "
+        + ("every seed" if summary["beats_every_seed"] else
+           f"{sum(beats(r) for r in results)} of {len(results)} seeds"))
+    print(json.dumps(summary))
+    return 0
+
+
+def run(args, seed: int) -> dict:
+    """One seed's world, champion and rounds; returns its figures (and writes its plot, and its MLflow run)."""
     import tensorflow as tf
 
     from feedloop.settings import get_settings
@@ -177,15 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     from models import data
     from models.online import OnlineLearner
     from models.two_tower import TowerConfig, TwoTower
-    from spark.stream_learner import GUARD_USERS
+    from spark.stream_learner import GUARD_USERS, learner_settings
 
     started = time.time()
     settings = get_settings()
     ms = settings.model
-    tf.keras.utils.set_random_seed(args.seed)
+    tf.keras.utils.set_random_seed(seed)
     t0 = 1_790_000_000_000  # a fixed event-time origin: the same run for the same seed
-    users, items = make_catalog(args.users, args.items, args.seed, now_ms=t0)
-    sim = Simulator(users, items, args.seed, now_ms=t0)
+    users, items = make_catalog(args.users, args.items, seed, now_ms=t0)
+    sim = Simulator(users, items, seed, now_ms=t0)
 
     # 1. history and the champion ---------------------------------------------------------
     history_start = t0 - 7 * 86_400_000
@@ -206,11 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         online_model = TwoTower.load(champion.save(Path(tmp) / "champion"))
     guard_users = holdout["user_id"].drop_duplicates().sample(frac=1.0, random_state=0).head(GUARD_USERS)
     guard_holdout = holdout[holdout["user_id"].isin(set(guard_users))]
-    learner = OnlineLearner(online_model, "1", user_features, catalogue, train, guard_holdout, log=log,
-                            learning_rate=ms.online_learning_rate, max_steps=ms.online_max_steps,
-                            max_regression=ms.online_max_regression, min_tolerance=ms.online_min_tolerance,
-                            max_drift=ms.online_max_drift)
-    log(f"champion: guard recall@10 {learner.guard_score:.4f} ({time.time() - started:.0f}s)")
+    learner = OnlineLearner(online_model, "1", user_features, catalogue, train, guard_holdout, champion=champion,
+                            log=log, **learner_settings(settings))
+    log(f"champion: holdout recall@10 {learner.guard_score:.4f} ({time.time() - started:.0f}s)")
 
     segment_of = dict(zip(user_features["user_id"], user_features["segment"]))
     segments = sorted(set(segment_of.values()))
@@ -218,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     learner_feeds = dict(frozen_feeds)
     arms = {"learner": [u for n, u in enumerate(users) if n % 2 == 0],
             "frozen": [u for n, u in enumerate(users) if n % 2 == 1]}
-    pick = random.Random(args.seed + 3)
+    pick = random.Random(seed + 3)
     trend_interests = {c.strip() for c in args.trend_interests.split(",") if c.strip()}
 
     # 2-4. the rounds ----------------------------------------------------------------------
@@ -257,22 +305,24 @@ def main(argv: list[str] | None = None) -> int:
             events += sim.events_for_action(now + pick.randrange(ROUND_MS))
         learnable = _learnable(events)
         result = learner.update(data.positive_pairs(learnable)) if not learnable.empty else None
-        if result is not None and result.accepted:
+        if result is not None and result.publish:
             learner_feeds.update(_feeds(learner.model, learner.version, result.segments, learner.catalogue))
         (ls, lc, lt, lr), (fs, fc, ft, fr) = stats["learner"], stats["frozen"]
         rows.append({"round": r, "ctr_learner": lc / ls if ls else 0.0, "ctr_frozen": fc / fs if fs else 0.0,
                      "ctr_random": (lr + fr) / (ls + fs) if ls + fs else 0.0,
                      "shown_learner": ls, "clicks_learner": lc, "shown_frozen": fs, "clicks_frozen": fc,
                      "trend_share_learner": lt / ls if ls else 0.0, "trend_share_frozen": ft / fs if fs else 0.0,
-                     "accepted": bool(result and result.accepted), "version": learner.version,
-                     "guard": learner.guard_score})
+                     "accepted": bool(result and result.accepted), "reset": bool(result and result.reset),
+                     "version": learner.version, "guard": learner.guard_score,
+                     "prequential_online": result.prequential_online if result else None,
+                     "prequential_champion": result.prequential_champion if result else None})
         row = rows[-1]
         log(f"round {r + 1}/{args.rounds}: CTR learner {row['ctr_learner']:.3f} vs frozen {row['ctr_frozen']:.3f}; "
             f"trend share {row['trend_share_learner']:.2f} vs {row['trend_share_frozen']:.2f}; "
             f"{len(learnable)} click/dwell events; "
             + (f"{result.reason} -> {learner.version}, {len(result.segments)} segment feeds republished"
-               if result and result.accepted else (result.reason if result else "nothing to learn"))
-            + f"; guard {learner.guard_score:.4f} ({result.seconds if result else 0:.1f}s)")
+               if result and result.publish else (result.reason if result else "nothing to learn"))
+            + f"; holdout recall {learner.guard_score:.4f} ({result.seconds if result else 0:.1f}s)")
 
     # summary ------------------------------------------------------------------------------
     rounds = pd.DataFrame(rows)
@@ -298,24 +348,25 @@ def main(argv: list[str] | None = None) -> int:
                                        / max((rounds["shown_learner"] + rounds["shown_frozen"]).sum(), 1)), 4),
         "trend_share_learner_after_drift": round(float(after["trend_share_learner"].mean()), 3),
         "trend_share_frozen_after_drift": round(float(after["trend_share_frozen"].mean()), 3),
-        "learner_wins": bool(ctr(rounds, "learner") > ctr(rounds, "frozen") and z_after > 2),
-        "updates_accepted": learner.updates, "updates_rolled_back": learner.rollbacks,
-        "guard_recall_champion": round(learner.base_score, 4), "guard_recall_final": round(learner.guard_score, 4),
+        "updates_accepted": int(rounds["accepted"].sum()), "updates_refused": learner.refusals,
+        "resets": learner.rollbacks, "halted": learner.halted,
+        "holdout_recall_champion": round(learner.base_score, 4),
+        "holdout_recall_final": round(learner.guard_score, 4),
         "final_version": learner.version, "rounds": args.rounds, "drift_round": args.drift_round,
-        "impressions": int(rounds["shown_learner"].sum() + rounds["shown_frozen"].sum()), "seed": args.seed,
+        "impressions": int(rounds["shown_learner"].sum() + rounds["shown_frozen"].sum()), "seed": seed,
         "seconds": round(time.time() - started, 1),
     }
-    png = plot(rounds, args.drift_round, settings.var / "bench" / "closed_loop.png")
+    result["learner_wins"] = beats(result)
+    png = plot(rounds, args.drift_round, settings.var / "bench" / f"closed_loop_seed{seed}.png")
     log(f"plot: {png}")
     if not args.no_mlflow:
-        where = log_to_mlflow(settings, {k: v for k, v in vars(args).items() if k != "no_mlflow"}, result, rounds, png)
-        log(f"MLflow: {where}")
-    log(f"done in {result['seconds']:.0f}s: CTR with the learner {result['ctr_learner']:.4f} vs frozen champion "
-        f"{result['ctr_frozen']:.4f} (after the drift {result['ctr_learner_after_drift']:.4f} vs "
-        f"{result['ctr_frozen_after_drift']:.4f}, z {result['z_after_drift']}); {learner.updates} updates accepted, "
-        f"{learner.rollbacks} rolled back")
-    print(json.dumps(result))
-    return 0
+        params = {**{k: v for k, v in vars(args).items() if k not in ("no_mlflow", "seeds")}, "seed": seed}
+        log(f"MLflow: {log_to_mlflow(settings, params, result, rounds, png)}")
+    log(f"seed {seed} done in {result['seconds']:.0f}s: CTR with the learner {result['ctr_learner']:.4f} vs frozen "
+        f"champion {result['ctr_frozen']:.4f} (after the drift {result['ctr_learner_after_drift']:.4f} vs "
+        f"{result['ctr_frozen_after_drift']:.4f}, z {result['z_after_drift']}); {result['updates_accepted']} "
+        f"updates accepted, {learner.refusals} refused, {learner.rollbacks} resets to the champion")
+    return result
 
 
 if __name__ == "__main__":

@@ -200,11 +200,19 @@ class ModelSettings(_Section):
     exploration_slots: int = 2  # slots reserved for new items in every feed
     new_item_days: int = 7  # items created this recently are exploration candidates
     # the online learner (spark/stream_learner.py, models/online.py)
-    online_learning_rate: float = 0.01
+    # the online learner's learning rate: this share of `learning_rate` (the daily one, tuned with the towers'
+    # size and optimizer), so that a bigger or slower-trained champion gets smaller online steps
+    online_learning_rate_share: float = 1.0
     online_max_steps: int = 8  # steps per pass over an update's new pairs
-    online_max_regression: float = 0.05  # guardrail: relative loss of holdout recall@10 that rolls back ...
-    online_min_tolerance: float = 0.005  # ... when it is also more than this, absolute
-    online_max_drift: float = 0.2  # guardrail: relative loss against the champion's score the online state may build up
+    # the prequential judge (test-then-train, docs/model.md): the online state is reset to the champion when,
+    # over the last `online_prequential_window` batches, it ranks the clicked items below the champion by more
+    # than `online_prequential_margin` (mean percentile rank, 0..1) and by more than its noise
+    online_prequential_window: int = Field(8, ge=3)  # batches
+    online_prequential_margin: float = Field(0.02, ge=0.0)
+    online_prequential_min_events: int = Field(30, ge=0)  # events the window must hold before it judges
+    online_max_rollbacks: int = Field(3, ge=1)  # resets to one champion before learning stops (`feedloop status`)
+    # secondary bound, catastrophes only: the share of its holdout recall@10 one update must keep
+    online_holdout_floor: float = Field(0.5, ge=0.0, le=1.0)
 
 
 class Settings(_Section):

@@ -6,11 +6,14 @@ events topic; each micro-batch (``foreachBatch``):
 1. keeps the valid ``click`` and ``dwell`` events (the one validator; invalid ones
    are the events sink's business: it sends them to the DLQ) and turns them into
    weighted pairs with the training rules (:func:`models.data.positive_pairs`);
-2. fine-tunes the current online state, started from the MLflow ``champion``
-   (:class:`models.online.OnlineLearner`: bounded steps, flood caps, guardrail with
-   rollback);
+2. scores the batch with the current online state and the frozen champion before
+   learning it, then fine-tunes the online state, started from the MLflow
+   ``champion`` (:class:`models.online.OnlineLearner`: flood caps, bounded steps, the
+   prequential judge, which resets the state to the champion, and stops learning,
+   when it falls behind it on the present; a catastrophe bound on a fixed holdout);
 3. recomputes the feeds of the segments the batch's users belong to (and their
-   fallbacks) and publishes them with the daily job's atomic, versioned publication
+   fallbacks; after a reset, every segment the online state had republished) and
+   publishes them with the daily job's atomic, versioned publication
    (:func:`feature_store.online.publish_feeds`), version ``<champion>+online.<n>``;
    Redis down: retried with backoff until it is back (the batch is not committed
    meanwhile);
@@ -22,7 +25,8 @@ events topic; each micro-batch (``foreachBatch``):
 
 A new champion replaces the online state: the next batch starts from it. Before any
 champion exists, batches are acknowledged and not learned. Progress goes to
-``var/run/stream-learner.json`` (``feedloop status``).
+``var/run/stream-learner.json`` (``feedloop status``, which shows the judge's alert
+after a reset).
 """
 
 from __future__ import annotations
@@ -109,7 +113,7 @@ class LearnerSink:
         self.state = self.checkpoint.read()
         self.learner = None
         self.progress_path = settings.var / "run" / "stream-learner.json"
-        self.totals = {"batches": 0, "events": 0, "accepted": 0, "rolled_back": 0, "published": 0}
+        self.totals = {"batches": 0, "events": 0, "accepted": 0, "refused": 0, "reset": 0, "published": 0}
         self.last_mlflow = time.time()
         self.lag_s: float | None = None  # now - the newest learned event's time
         self._mlflow = None  # clients made once, on first use
@@ -126,27 +130,25 @@ class LearnerSink:
     def _load(self, champion):
         """An OnlineLearner on ``champion``: from the local checkpoint when it is that champion's state."""
         from models import data
-        from models.online import OnlineLearner
+        from models.online import OnlineLearner, copy_model
         from models.train import read_training_set
         from models.two_tower import TwoTower, load_registered
 
         ds = champion.tags.get("ds")
         train, holdout, users, items = read_training_set(self.spark, ds, self.settings.hive.database)
         resumed = self.state.get("base_version") == str(champion.version) and self.state.get("towers")
-        if resumed:
-            model = TwoTower.load(self.checkpoint.root / self.state["towers"])
-        else:
-            model = load_registered(self.settings.mlflow.model_name, champion.version)
+        frozen = load_registered(self.settings.mlflow.model_name, champion.version)
+        # the judge compares with the frozen champion; the online state is a copy it fine-tunes
+        model = TwoTower.load(self.checkpoint.root / self.state["towers"]) if resumed else copy_model(frozen)
         guard_users = holdout["user_id"].drop_duplicates().sample(frac=1.0, random_state=0).head(GUARD_USERS)
         holdout = holdout[holdout["user_id"].isin(set(guard_users))]
         catalogue = data.catalogue(items, train, holdout)
-        ms = self.settings.model
+        same_champion = self.state.get("base_version") == str(champion.version)
         learner = OnlineLearner(model, str(champion.version), data.user_features(users), catalogue, train, holdout,
-                                updates=self.state.get("updates", 0) if resumed else 0, log=self.log,
-                                learning_rate=ms.online_learning_rate, max_steps=ms.online_max_steps,
-                                max_regression=ms.online_max_regression, min_tolerance=ms.online_min_tolerance,
-                                max_drift=ms.online_max_drift,
-                                base_score=self.state.get("base_score") if resumed else None)
+                                champion=frozen, updates=self.state.get("updates", 0) if same_champion else 0,
+                                log=self.log, base_score=self.state.get("base_score") if same_champion else None,
+                                resume=self.state.get("judge") if same_champion else None,
+                                **learner_settings(self.settings))
         self.log(f"online learner on champion v{champion.version} (ds {ds}); "
                  + (f"resumed at {learner.version}" if resumed else "fresh from the registry"), flush=True)
         return learner
@@ -172,12 +174,13 @@ class LearnerSink:
         from models import data
 
         result = self.learner.update(data.positive_pairs(events))
-        if result.accepted:
+        if result.publish:
             self._publish(result)
         if os.environ.get(CRASH_ENV) == "after-publish":  # fault injection for the crash test
             self.log(f"batch {batch_id}: {CRASH_ENV}=after-publish: dying before the checkpoint", flush=True)
             os._exit(137)
-        self.totals["accepted" if result.accepted else "rolled_back"] += 1
+        self.totals["accepted" if result.accepted else "refused"] += 1
+        self.totals["reset"] += int(result.reset)
         self._commit(batch_id, self.learner, started, len(events), result.reason, result)
         self._maybe_register()
 
@@ -208,16 +211,19 @@ class LearnerSink:
         state = {"batch_id": batch_id, "updated_at": time.time()}
         if learner is not None:
             state.update(base_version=learner.base_version, updates=learner.updates, version=learner.version,
-                         base_score=learner.base_score)
+                         base_score=learner.base_score, judge=learner.state())
         # the towers are saved only when they changed; otherwise the pointer keeps the last ones
-        changed = result is not None and result.accepted
+        changed = result is not None and (result.accepted or result.reset)
         if not changed and self.state.get("towers") and learner is not None \
                 and self.state.get("base_version") == learner.base_version:
             state["towers"] = self.state["towers"]
         self.state = self.checkpoint.write(learner.model if changed else None, state)
         progress = {**state, "seconds": round(time.time() - started, 2), "events": n_events, "reason": reason,
                     "lag_s": round(self.lag_s, 1) if self.lag_s is not None else None, "since_start": self.totals}
-        if result is not None:  # the update's figures (guard scores, floor, pairs in/used, flood caps' effect)
+        if learner is not None:
+            progress.update(alert=learner.alert, halted=learner.halted, resets=learner.rollbacks)
+            progress.pop("judge")
+        if result is not None:  # the update's figures (judge, secondary bound, pairs in/used, flood caps' effect)
             progress.update({k: v for k, v in asdict(result).items() if k not in ("reason", "version", "seconds")},
                             segments=len(result.segments))
         write_json_atomic(self.progress_path, progress)
@@ -268,7 +274,8 @@ def main(args) -> int:
     query.awaitTermination()
     t = sink.totals
     print(f"stream-learner done: {t['batches']} batches, {t['events']} click/dwell events, {t['accepted']} updates "
-          f"accepted, {t['rolled_back']} rolled back, {t['published']} segment feeds published")
+          f"accepted, {t['refused']} refused, {t['reset']} resets to the champion, {t['published']} segment feeds "
+          f"published")
     return 0
 
 
@@ -279,5 +286,17 @@ def progress_summary(settings: Settings) -> str:
         return ""
     state = json.loads(path.read_text())
     lag = f", event lag {state['lag_s']:.1f}s" if state.get("lag_s") is not None else ""
-    return (f"stream-learner: {state.get('version', 'no model')} after batch {state['batch_id']} "
+    line = (f"stream-learner: {state.get('version', 'no model')} after batch {state['batch_id']} "
             f"{time.time() - state['updated_at']:.0f}s ago ({state.get('reason', '')}{lag})")
+    if state.get("alert"):  # the prequential judge reset the online state (and perhaps stopped learning)
+        line += f"\nALERT stream-learner {'stopped learning' if state.get('halted') else 'reset'}: {state['alert']}"
+    return line
+
+
+def learner_settings(settings: Settings) -> dict:
+    """The :class:`models.online.OnlineLearner` keyword arguments the settings fix (shared with the benches)."""
+    ms = settings.model
+    return {"learning_rate": ms.online_learning_rate_share * ms.learning_rate, "max_steps": ms.online_max_steps,
+            "window": ms.online_prequential_window, "margin": ms.online_prequential_margin,
+            "min_events": ms.online_prequential_min_events, "max_rollbacks": ms.online_max_rollbacks,
+            "holdout_floor": ms.online_holdout_floor}
