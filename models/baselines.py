@@ -38,18 +38,14 @@ SEED = 7
 Split = Callable[[pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame]]
 
 
-def rank_metrics(scores: np.ndarray, user_ids: Sequence[str], item_ids: Sequence[str], train: pd.DataFrame,
-                 holdout: pd.DataFrame, k: int = K) -> dict[str, float]:
-    """Ranking metrics of a [users, items] score matrix, each user's train items excluded."""
-    from models.two_tower import rank_holdout
-
-    return rank_holdout(scores, list(user_ids), list(item_ids), train, holdout, k)
+class EaseSkipped(ValueError):
+    """The catalogue is larger than EASE_MAX_ITEMS."""
 
 
 def popularity(train: pd.DataFrame, holdout: pd.DataFrame, item_ids: Sequence[str]) -> dict[str, float]:
     user_ids = sorted(holdout["user_id"].unique())
     scores = np.tile(data.popularity_scores(train, item_ids), (len(user_ids), 1))
-    return rank_metrics(scores, user_ids, item_ids, train, holdout)
+    return data.rank_holdout(scores, user_ids, item_ids, train, holdout)
 
 
 # ------------------------------------------------------------------ EASE
@@ -73,7 +69,7 @@ class Ease:
 
     def __init__(self, train: pd.DataFrame, item_ids: Sequence[str]):
         if len(item_ids) > EASE_MAX_ITEMS:
-            raise ValueError(f"EASE skipped: {len(item_ids):,} items > {EASE_MAX_ITEMS:,} (an items x items "
+            raise EaseSkipped(f"EASE skipped: {len(item_ids):,} items > {EASE_MAX_ITEMS:,} (an items x items "
                              f"inverse; memory and time grow with the square and cube of the catalogue)")
         self.train = train
         self.item_ids = list(item_ids)
@@ -95,7 +91,7 @@ class Ease:
 
     def evaluate(self, holdout: pd.DataFrame, lam: float) -> dict[str, float]:
         user_ids = sorted(holdout["user_id"].unique())
-        return rank_metrics(self.scores(user_ids, lam), user_ids, self.item_ids, self.train, holdout)
+        return data.rank_holdout(self.scores(user_ids, lam), user_ids, self.item_ids, self.train, holdout)
 
 
 def tune_ease(train: pd.DataFrame, item_ids: Sequence[str], split: Split, lambdas=EASE_LAMBDAS,
@@ -134,7 +130,7 @@ def als_scores(spark, train: pd.DataFrame, user_ids: Sequence[str], item_ids: Se
 def als(spark, train: pd.DataFrame, holdout: pd.DataFrame, item_ids: Sequence[str], params: dict
         ) -> dict[str, float]:
     user_ids = sorted(holdout["user_id"].unique())
-    return rank_metrics(als_scores(spark, train, user_ids, item_ids, params), user_ids, item_ids, train, holdout)
+    return data.rank_holdout(als_scores(spark, train, user_ids, item_ids, params), user_ids, item_ids, train, holdout)
 
 
 def tune_als(spark, train: pd.DataFrame, item_ids: Sequence[str], split: Split, grid=ALS_GRID,
@@ -189,7 +185,7 @@ def main(args) -> int:
                                  "items": len(item_ids)})
                 try:
                     metrics, params = fit()
-                except ValueError as exc:  # EASE above its catalogue limit: say so in the run
+                except EaseSkipped as exc:  # above its catalogue limit: say so in the run
                     mlflow.set_tags({"skipped": str(exc)})
                     print(f"  {name}: {exc}", flush=True)
                     continue

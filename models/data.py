@@ -230,3 +230,15 @@ def popularity_scores(train: pd.DataFrame, item_ids: Sequence[str]) -> np.ndarra
     """Summed training weight of each catalogue item: the popularity baseline's score."""
     weight = train.groupby("item_id")["weight"].sum()
     return weight.reindex(list(item_ids)).fillna(0.0).to_numpy(dtype=np.float64)
+
+
+def rank_holdout(scores: np.ndarray, user_ids: Sequence[str], item_ids: Sequence[str], train: pd.DataFrame,
+                 holdout: pd.DataFrame, k: int = 10) -> dict[str, float]:
+    """Ranking metrics (and coverage, popularity bias) of a ``[users, items]`` score matrix, each user's
+    train items excluded: how every model (two-tower, popularity, EASE, ALS) is scored."""
+    index = {item: n for n, item in enumerate(item_ids)}
+    exclude = index_lists(train, user_ids, index)
+    relevant = index_lists(holdout, user_ids, index)
+    ranked = top_k(scores, exclude, k)
+    counts = np.bincount(train["item_id"].map(index).dropna().astype(int), minlength=len(item_ids))
+    return {**ranking_metrics(ranked, relevant, k), **coverage_and_popularity_bias(ranked, counts, k)}

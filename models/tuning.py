@@ -114,7 +114,7 @@ class SearchResult:
     validation_pairs: int = 0
 
     def summary(self) -> str:
-        changed = {k: v for k, v in self.trials[self.best_trial]["params"].items()} if self.trials else {}
+        changed = self.trials[self.best_trial]["params"] if self.trials else {}
         return (f"tuning: {len(self.trials)} trials in {self.seconds:.0f} s on {self.validation_pairs:,} validation "
                 f"pairs; {METRIC} base {self.base_score:.4f} -> chosen {self.best_score:.4f} {changed}")
 

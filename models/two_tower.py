@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from feature_store.segments import ANY
 from models import data
+from models.data import rank_holdout
 
 keras = tf.keras
 
@@ -624,26 +625,6 @@ class TwoTower:
         for attr, filename in WEIGHTS_FILES.items():
             getattr(model, attr).load_weights(directory / filename)
         return model
-
-
-def rank_holdout(scores: np.ndarray, user_ids: list[str], item_ids: list[str], train: pd.DataFrame,
-                 holdout: pd.DataFrame, k: int = 10) -> dict[str, float]:
-    """Ranking metrics of a ``[users, items]`` score matrix, each user's train items excluded."""
-    index = {item: n for n, item in enumerate(item_ids)}
-    exclude = data.index_lists(train, user_ids, index)
-    relevant = data.index_lists(holdout, user_ids, index)
-    ranked = data.top_k(scores, exclude, k)
-    counts = np.bincount(train["item_id"].map(index).dropna().astype(int), minlength=len(item_ids))
-    return {**data.ranking_metrics(ranked, relevant, k), **data.coverage_and_popularity_bias(ranked, counts, k)}
-
-
-def popularity_metrics(train: pd.DataFrame, holdout: pd.DataFrame, items: pd.DataFrame,
-                       k: int = 10) -> dict[str, float]:
-    """The popularity baseline on the same holdout: every user gets the most-weighted train items."""
-    item_ids = items["item_id"].tolist()
-    user_ids = sorted(holdout["user_id"].unique())
-    scores = np.tile(data.popularity_scores(train, item_ids), (len(user_ids), 1))
-    return rank_holdout(scores, user_ids, item_ids, train, holdout, k)
 
 
 # ------------------------------------------------------------------ MLflow flavour
