@@ -139,6 +139,7 @@ def connect(settings) -> redis.Redis:
     return redis.Redis(
         host=rs.host,
         port=rs.port,
+        username=rs.username or None,
         password=rs.password or None,
         db=rs.db,
         socket_timeout=rs.socket_timeout_s,

@@ -113,6 +113,7 @@ class SparkSettings(_Section):
 class RedisSettings(_Section):
     host: str = "127.0.0.1"
     port: int = 6379
+    username: str = ""  # an ACL user; empty: the default user (requirepass)
     password: str = ""
     db: int = 0
     socket_timeout_s: float = 0.25

@@ -14,7 +14,12 @@ errors the same way:
   ``timeout_s`` (the connection is then dropped, failing every command on it);
 * ``redis.exceptions.ConnectionError`` when Redis cannot be reached or goes away;
   the next call connects again;
-* ``redis.exceptions.ResponseError`` (``NoScriptError`` included) for error replies.
+* ``redis.exceptions.ResponseError`` for other error replies, as the redis-py subclass its
+  parser picks by the reply's first word (``NoScriptError``, ``ReadOnlyError``, ...);
+* a ``ConnectionError`` as well for the replies that say the server cannot serve now
+  (``LOADING`` its data after a restart, ``BUSY`` running a script, ``READONLY`` replica,
+  ``MASTERDOWN``): the caller fails fast and tries again later, as when Redis is down, so
+  the API answers 503 and its circuit breaker opens.
 """
 
 from __future__ import annotations
@@ -35,16 +40,53 @@ class _Incomplete(Exception):
     """The buffer ends inside a reply."""
 
 
+class BusyError(rex.ResponseError, rex.ConnectionError):
+    """-BUSY: a script or function is running; redis-py has no class for it."""
+
+
+class ReadOnlyError(rex.ReadOnlyError, rex.ConnectionError):
+    """-READONLY: a replica, which refuses writes (and a script that writes)."""
+
+
+class MasterDownError(rex.MasterDownError, rex.ConnectionError):
+    """-MASTERDOWN: a replica cut off from its master, serving no stale data."""
+
+
+# The first word of an error reply -> its class: redis-py's (redis/_parsers/base.py), except
+# that the server-state errors are ConnectionErrors too (rex.BusyLoadingError already is).
+ERROR_CLASSES: dict[str, type[rex.RedisError]] = {
+    "LOADING": rex.BusyLoadingError,
+    "BUSY": BusyError,
+    "READONLY": ReadOnlyError,
+    "MASTERDOWN": MasterDownError,
+    "NOSCRIPT": rex.NoScriptError,
+    "OOM": rex.OutOfMemoryError,
+    "EXECABORT": rex.ExecAbortError,
+    "NOAUTH": rex.AuthenticationError,
+    "WRONGPASS": rex.AuthenticationError,
+    "NOPERM": rex.NoPermissionError,
+    "TRYAGAIN": rex.TryAgainError,
+    "CLUSTERDOWN": rex.ClusterDownError,
+    "CROSSSLOT": rex.ClusterCrossSlotError,
+}
+
+
+def error_class(message: str) -> type[rex.RedisError]:
+    """The exception class of an error reply (``message`` without the leading ``-``)."""
+    code = message.split(" ", 1)[0]
+    if code == "ERR" and "max number of clients reached" in message:
+        return rex.ConnectionError  # as redis-py: the server is full, not the command wrong
+    return ERROR_CLASSES.get(code, rex.ResponseError)
+
+
 class _ErrorReply:
     __slots__ = ("message",)
 
     def __init__(self, message: str) -> None:
         self.message = message
 
-    def exception(self) -> rex.ResponseError:
-        if self.message.startswith("NOSCRIPT"):
-            return rex.NoScriptError(self.message)
-        return rex.ResponseError(self.message)
+    def exception(self) -> rex.RedisError:
+        return error_class(self.message)(self.message)
 
 
 def encode(args: Sequence[Any]) -> bytes:
@@ -206,9 +248,9 @@ class AsyncRedis:
     """Commands over one lazily opened, pipelined connection; see the module docstring."""
 
     def __init__(self, host: str, port: int, password: str | None = None, db: int = 0,
-                 timeout_s: float = 0.25) -> None:
+                 timeout_s: float = 0.25, username: str | None = None) -> None:
         self.host, self.port = host, port
-        self.password, self.db = password, db
+        self.username, self.password, self.db = username, password, db
         self.timeout_s = timeout_s
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future | None = None
@@ -216,7 +258,7 @@ class AsyncRedis:
     @classmethod
     def from_settings(cls, settings) -> "AsyncRedis":
         rs = settings.redis
-        return cls(rs.host, rs.port, rs.password or None, rs.db, rs.socket_timeout_s)
+        return cls(rs.host, rs.port, rs.password or None, rs.db, rs.socket_timeout_s, rs.username or None)
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -230,7 +272,8 @@ class AsyncRedis:
             raise rex.ConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc}") from None
         setup = []
         if self.password:
-            setup.append(("AUTH", self.password))
+            # an ACL user when one is named, else the default user (requirepass)
+            setup.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
         if self.db:
             setup.append(("SELECT", self.db))
         if setup:
@@ -238,8 +281,10 @@ class AsyncRedis:
             try:
                 for future in futures:
                     await future
-            except rex.ResponseError as exc:
+            except rex.RedisError as exc:
                 protocol.transport.abort()
+                if isinstance(exc, rex.ConnectionError):
+                    raise  # a wrong password, or a server still LOADING: as they are
                 raise rex.AuthenticationError(str(exc)) from None
         return protocol
 

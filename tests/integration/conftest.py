@@ -119,26 +119,36 @@ def free_port() -> int:
 
 
 class PrivateRedis:
-    """A throwaway redis-server (no persistence) on a fixed free port; can be stopped and restarted."""
+    """A throwaway redis-server on a fixed free port; can be stopped and restarted.
 
-    def __init__(self, workdir: Path, password: str = "") -> None:
+    No persistence, unless ``appendonly``: then an AOF in ``workdir`` (without the RDB
+    preamble, so that loading a large one takes seconds) and DEBUG allowed from localhost.
+    """
+
+    def __init__(self, workdir: Path, password: str = "", appendonly: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.password = password
+        self.appendonly = appendonly
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> redis.Redis:
+    def start(self, wait: bool = True) -> redis.Redis:
+        """Start it; with ``wait``, return once it answers (after loading its AOF)."""
+        persistence = (["--appendonly", "yes", "--aof-use-rdb-preamble", "no", "--enable-debug-command", "local"]
+                       if self.appendonly else ["--appendonly", "no"])
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
              "--dir", str(self.workdir), *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, password=self.password or None, decode_responses=True)
-        deadline = time.monotonic() + 10
+        if not wait:
+            return client
+        deadline = time.monotonic() + 60
         while True:
             try:
                 client.ping()
                 return client
-            except redis.ConnectionError:
+            except redis.ConnectionError:  # BusyLoadingError included
                 assert time.monotonic() < deadline, "private redis-server did not start"
                 time.sleep(0.05)
 

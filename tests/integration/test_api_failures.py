@@ -239,3 +239,63 @@ def test_kafka_down_drops_served_records_without_slowing_feeds(settings, private
     assert log.queued + log.dropped["queue_full"] == 40  # the 5 queued are dropped at shutdown
     assert log.dropped["queue_full"] >= 30
     assert 'feedloop_api_served_dropped_total{reason="queue_full"}' in metrics
+
+
+AOF_KEYS = 1_000_000  # 100-byte values: a ~130 MB AOF that takes seconds to load here
+
+
+def _loading(client: redis.Redis) -> bool:
+    """Whether Redis is still loading its data (INFO answers while it loads; PING does not)."""
+    return client.info("persistence")["loading"] == 1
+
+
+def test_redis_loading_its_aof_gives_fast_503s_and_opens_the_breaker(settings, tmp_path):
+    server = PrivateRedis(tmp_path, appendonly=True)
+    client = server.start()
+    users = [f"u-{uuid.uuid4().hex[:8]}" for _ in range(20)]
+    try:
+        _seed(client, users)
+        client.execute_command("DEBUG", "POPULATE", AOF_KEYS, "bulk", 100)  # not logged: rewrite the AOF
+        client.bgrewriteaof()
+        deadline = time.monotonic() + 120
+        while (info := client.info("persistence"))["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"]:
+            assert time.monotonic() < deadline, "the AOF rewrite did not finish"
+            time.sleep(0.1)
+        with serving(_app_on(settings, server.port)) as base, Load(base, users) as load:
+            load.wait_for(200, 0, 10)
+            server.stop()  # SIGTERM: the AOF is flushed, and loaded again at the next start
+            restarted = time.monotonic()
+            watcher = server.start(wait=False)
+            while True:  # until it accepts connections and says it is loading
+                assert time.monotonic() - restarted < 10, "redis-server did not start loading"
+                try:
+                    asked = time.monotonic()
+                    if _loading(watcher):
+                        still_loading = asked
+                        break
+                except redis.ConnectionError:
+                    time.sleep(0.02)
+            load.wait_for(503, restarted, 10)
+            while True:
+                asked = time.monotonic()
+                if not _loading(watcher):
+                    break
+                still_loading = asked  # a request answered before this was answered while loading
+                assert asked - restarted < 120, "redis-server did not finish loading"
+                time.sleep(0.05)
+            loaded = time.monotonic()
+            recovered = load.wait_for(200, loaded, 5)
+            time.sleep(0.5)
+            with httpx.Client(base_url=base) as http:
+                metrics = http.get("/metrics").text
+        during = load.between(restarted + 0.2, still_loading)
+    finally:
+        server.stop()
+    assert still_loading - restarted > 1, f"loading took {loaded - restarted:.2f}s: the AOF is too small to test"
+    assert len(during) > 10
+    assert {(status, error) for _, _, status, error in during} == {(503, "redis unavailable")}
+    # LOADING reached the app as a connection-class error, and the breaker answered the calls after it
+    assert 'kind="BusyLoadingError"' in metrics and 'kind="RedisUnavailable"' in metrics, metrics
+    assert recovered - loaded < 2
+    assert {r[2] for r in load.between(recovered + 0.1, time.monotonic())} == {200}
+    _assert_bounded(load)
