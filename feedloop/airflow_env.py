@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from feedloop.settings import REPO_ROOT, Settings, SettingsError
+from feedloop.settings import REPO_ROOT, Settings, SettingsError, mlflow_client_env
 
 AIRFLOW_DB = "airflow"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
@@ -130,6 +130,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({"conn_type": "spark", "host": settings.spark.master})
     env["PYSPARK_PYTHON"] = sys.executable
     env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    # tasks log in to MLflow (feedloop commands also do it themselves, through settings.mlflow_uri)
+    env.update(mlflow_client_env(settings))
     return env
 
 
@@ -147,9 +149,12 @@ def airflow_commands(settings: Settings) -> dict[str, list[str]]:
             "--port", str(settings.airflow.port),
             "--workers", "1",
         ],
-        "airflow-scheduler": [airflow, "scheduler"],
+        # No log server: Airflow 3.3's serve-logs listens on every interface with no setting for
+        # the host (airflow/utils/serve_logs/core.py), and on one machine the api-server reads the
+        # task logs straight from LOGGING__BASE_LOG_FOLDER.
+        "airflow-scheduler": [airflow, "scheduler", "--skip-serve-logs"],
         "airflow-dag-processor": [airflow, "dag-processor"],
-        "airflow-triggerer": [airflow, "triggerer"],
+        "airflow-triggerer": [airflow, "triggerer", "--skip-serve-logs"],
     }
 
 

@@ -68,7 +68,7 @@ feedloop demo done in {time.time() - started:.0f}s: {result['rows']} events in H
 from source '{feed.get('source')}', model version {feed.get('model_version')}: {[i['item_id'] for i in feed.get('items', [])]}
 
   Airflow UI     http://{host}:{settings.airflow.port}   (login {settings.airflow.admin_user} / {settings.airflow.admin_password})
-  MLflow UI      http://{host}:{settings.mlflow.port}   (model {settings.mlflow.model_name}, alias champion)
+  MLflow UI      http://{host}:{settings.mlflow.port}   (login {settings.mlflow.admin_user} / {settings.mlflow.admin_password}; model {settings.mlflow.model_name}, alias champion)
   HiveServer2    jdbc:hive2://{settings.hive.hs2_host}:{settings.hive.hs2_port}
   Feed API       http://{host}:{settings.api.port}/docs
 

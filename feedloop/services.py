@@ -14,6 +14,7 @@ it with a message naming the service, the setting and the log to read.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import socket
@@ -201,6 +202,63 @@ def _write_hive_site(settings: Settings) -> Path:
     return directory
 
 
+METASTORE_LAUNCHER = REPO_ROOT / "infra" / "metastore" / "LoopbackMetastore.java"
+
+
+# ---------------------------------------------------------------- MLflow login
+MLFLOW_MIN_PASSWORD = 12  # mlflow.utils.validation refuses shorter passwords
+
+
+def _mlflow_auth_db(settings: Settings) -> str:
+    return f"sqlite:///{settings.var / 'mlflow' / 'basic_auth.db'}"
+
+
+def _write_mlflow_auth_config(settings: Settings) -> Path:
+    """MLflow's basic-auth config: its user DB under var/mlflow; the admin's password is not in it."""
+    path = settings.var / "mlflow" / "basic_auth.ini"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = {_mlflow_auth_db(settings)}\n"
+        f"admin_username = {settings.mlflow.admin_user}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    return path
+
+
+def mlflow_auth_env(settings: Settings) -> dict[str, str]:
+    """The environment of the MLflow server: the basic-auth app's config and the admin's login."""
+    password = settings.mlflow.admin_password
+    if len(password) < MLFLOW_MIN_PASSWORD:
+        raise ServiceError(f"setting mlflow.admin_password is {'empty' if not password else 'too short'} (MLflow "
+                           f"wants {MLFLOW_MIN_PASSWORD} characters or more): set FEEDLOOP_MLFLOW__ADMIN_PASSWORD "
+                           "or let `feedloop up` generate var/secrets/mlflow__admin_password")
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(_write_mlflow_auth_config(settings)),
+        "MLFLOW_AUTH_ADMIN_USERNAME": settings.mlflow.admin_user,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        # signs the UI's CSRF tokens; derived, so one secret less to manage
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": hashlib.sha256(f"feedloop:mlflow-flask:{password}".encode()).hexdigest(),
+    }
+
+
+def sync_mlflow_admin(settings: Settings) -> None:
+    """Make the admin's password in MLflow's user DB the configured one.
+
+    MLflow creates the admin from MLFLOW_AUTH_ADMIN_PASSWORD only into an empty user DB;
+    a password changed since (a new secret, FEEDLOOP_MLFLOW__ADMIN_PASSWORD) would
+    otherwise lock every feedloop client out.
+    """
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore()
+    store.init_db(_mlflow_auth_db(settings))
+    user = settings.mlflow.admin_user
+    if store.has_user(user):
+        store.update_user(user, password=settings.mlflow.admin_password, is_admin=True)
+
+
 def _kafka_config(settings: Settings) -> Path:
     directory = settings.var / "kafka"
     directory.mkdir(parents=True, exist_ok=True)
@@ -301,13 +359,17 @@ def service_command(settings: Settings, name: str) -> tuple[list[str], dict[str,
         argv = _kafka_java(settings, settings.kafka.heap) + ["kafka.Kafka", str(_kafka_config(settings))]
     elif name == "metastore":
         conf_dir = _write_hive_site(settings)
+        # Hive 2.3's HiveMetaStore listens on every interface; the launcher binds bind_host.
         argv = [java_bin(), f"-Xmx{settings.hive.metastore_heap}", "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={conf_dir / 'log4j2.properties'}", f"-Dderby.system.home={settings.var}",
                 "-cp", f"{conf_dir}:{pyspark_home() / 'jars'}/*",
-                "org.apache.hadoop.hive.metastore.HiveMetaStore", "-p", str(settings.hive.metastore_port)]
+                str(METASTORE_LAUNCHER), settings.bind_host, str(settings.hive.metastore_port)]
     elif name == "thriftserver":
+        from feedloop.spark import spark_env
+
         home = pyspark_home()
         env["SPARK_HOME"] = str(home)
+        env.update(spark_env(settings))
         argv = [str(home / "bin" / "spark-submit"), "--master", settings.spark.master,
                 "--driver-memory", settings.hive.thrift_heap, "--name", "feedloop-thriftserver",
                 "--class", "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2",
@@ -321,11 +383,12 @@ def service_command(settings: Settings, name: str) -> tuple[list[str], dict[str,
         art = settings.var / "mlflow" / "artifacts"
         art.mkdir(parents=True, exist_ok=True)
         argv = [str(VENV_BIN / "mlflow"), "server", "--host", settings.bind_host, "--port", str(settings.mlflow.port),
-                "--artifacts-destination", str(art), "--workers", "1"]
+                "--artifacts-destination", str(art), "--workers", "1", "--app-name", "basic-auth"]
         # The DB password travels in the environment, not on the command line (visible in ps).
         env["MLFLOW_BACKEND_STORE_URI"] = f"postgresql+psycopg2://{pg.user}:{pg.password}@{pg.host}:{pg.port}/mlflow"
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no GenAI job workers: ~1 GB less RSS
         env["MLFLOW_SERVER_ALLOWED_HOSTS"] = f"{settings.bind_host}:*,localhost:*,127.0.0.1:*"
+        env.update(mlflow_auth_env(settings))
     elif name.startswith("airflow-"):
         from feedloop.airflow_env import airflow_commands, airflow_env
 
@@ -345,6 +408,8 @@ def cmd_supervise(args) -> int:
     """Exec one service in the foreground (supervisord's program command)."""
     settings = get_settings()
     argv, env, run_as = service_command(settings, args.service)
+    if args.service == "mlflow":
+        sync_mlflow_admin(settings)
     full_env = {**os.environ, **env}
     if run_as:
         import pwd

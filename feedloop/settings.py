@@ -30,6 +30,7 @@ SECRET_FIELDS = {
     ("api", "api_key"),
     ("airflow", "admin_password"),
     ("airflow", "jwt_secret"),
+    ("mlflow", "admin_password"),
 }
 
 
@@ -137,6 +138,9 @@ class MlflowSettings(_Section):
     tracking_uri: str = ""  # empty: http://<bind_host>:<port>
     experiment: str = "feedloop"
     model_name: str = "feedloop-two-tower"
+    # the server runs MLflow's basic-auth app; every feedloop client logs in as this user
+    admin_user: str = "admin"
+    admin_password: str = ""
 
     _ports = field_validator("port")(_check_port)
 
@@ -183,6 +187,7 @@ class ModelSettings(_Section):
     weight_decay: float = 0.0
     average_epochs: int = 10
     log_q_weight: float = 2.0
+    full_softmax_max_items: int = 0  # exact softmax over catalogues up to this size (models.two_tower)
     seed: int = 7
     epochs: int = 24
     batch_size: int = 1024
@@ -249,12 +254,31 @@ class Settings(_Section):
 
     @property
     def mlflow_uri(self) -> str:
+        """The tracking and registry URI; asking for it also gives this process MLflow's login.
+
+        Every MLflow client of feedloop (DAG tasks, the online learner, benches, commands,
+        tests) gets the URI here, and MLflow's client reads its basic-auth credentials from
+        the environment at each request, so setting them here reaches every client.
+        """
+        os.environ.update(mlflow_client_env(self))
         return self.mlflow.tracking_uri or f"http://{self.bind_host}:{self.mlflow.port}"
 
     @property
     def postgres_dsn(self) -> str:
         pg = self.postgres
         return f"postgresql://{pg.user}:{pg.password}@{pg.host}:{pg.port}"
+
+
+def mlflow_client_env(settings: Settings) -> dict[str, str]:
+    """MLflow's client login (MLFLOW_TRACKING_USERNAME/PASSWORD) from the settings.
+
+    Empty when the password is not set, or when this process was given a login of its
+    own (MLFLOW_TRACKING_USERNAME in the environment), which then stays as it is.
+    """
+    if not settings.mlflow.admin_password or os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        return {}
+    return {"MLFLOW_TRACKING_USERNAME": settings.mlflow.admin_user,
+            "MLFLOW_TRACKING_PASSWORD": settings.mlflow.admin_password}
 
 
 def _secrets_dir() -> Path:

@@ -46,12 +46,20 @@ def spark_conf(settings: Settings, app_name: str, with_kafka: bool = False) -> d
     return conf
 
 
+def spark_env(settings: Settings) -> dict[str, str]:
+    """Environment of a Spark driver: its web UI binds SPARK_LOCAL_IP, or every interface
+    without it (org.apache.spark.ui.WebUI); spark.driver.bindAddress covers only the RPC
+    and block manager ports."""
+    return {"SPARK_LOCAL_IP": settings.bind_host}
+
+
 def get_spark(app_name: str, with_kafka: bool = False, settings: Settings | None = None):
     """A SparkSession wired to the shared metastore (imported lazily: pyspark is slow to load)."""
     from pyspark.sql import SparkSession
 
     settings = settings or get_settings()
     os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
+    os.environ.update(spark_env(settings))  # read by the JVM that getOrCreate launches
     builder = SparkSession.builder.enableHiveSupport()
     for name, value in spark_conf(settings, app_name, with_kafka).items():
         builder = builder.config(name, value)

@@ -9,7 +9,9 @@ import signal
 import time
 import uuid
 
-from feedloop.services import BY_NAME, status_rows, supervisor
+import psutil
+
+from feedloop.services import BY_NAME, _setting, status_rows, supervisor
 
 
 def test_status_shows_every_service_healthy(settings):
@@ -20,17 +22,33 @@ def test_status_shows_every_service_healthy(settings):
     assert not unhealthy, unhealthy
 
 
-def test_services_bind_loopback_by_default(settings):
-    # every TCP listener we own is on 127.0.0.1, except the Hive 2.3 metastore, which has no bind option
-    import subprocess
+def stack_listeners(settings) -> list[tuple[str, int, str]]:
+    """(address, port, "pid name") of every listening TCP socket of supervisord and its process tree."""
+    root = psutil.Process(int((settings.var / "run" / "supervisord.pid").read_text()))
+    found = []
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            connections = proc.net_connections(kind="tcp")
+            name = f"{proc.pid} {' '.join(proc.cmdline())[:160]}"
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue  # ended while we walked (an Airflow task, a py4j helper)
+        found += [(c.laddr.ip, c.laddr.port, name) for c in connections if c.status == psutil.CONN_LISTEN]
+    return found
 
-    out = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
-    ours = {s.port(settings) for s in BY_NAME.values() if s.port(settings)} - {settings.hive.metastore_port}
-    for line in out.splitlines():
-        local = line.split()[3]
-        host, _, port = local.rpartition(":")
-        if port.isdigit() and int(port) in ours:
-            assert host in ("127.0.0.1", "[::ffff:127.0.0.1]"), line
+
+def test_every_listening_socket_of_the_stack_is_on_the_bind_host(settings):
+    # Not one port per service: every socket any process of the stack listens on, the JVMs'
+    # ephemeral ones (Spark driver RPC, block manager, UI; py4j) included.
+    listeners = stack_listeners(settings)
+    ports = {port for _, port, _ in listeners}
+    running = {p["name"] for p in supervisor(settings).getAllProcessInfo() if p["statename"] == "RUNNING"}
+    expected = {_setting(settings, setting) for service in BY_NAME.values() if service.name in running
+                for setting in [service.port_setting, *service.extra_ports] if setting}
+    assert expected <= ports, f"the walk missed the services' own ports {sorted(expected - ports)}"
+    assert len(ports) > len(expected)  # and it sees the ephemeral ones too (Spark, py4j)
+    allowed = {settings.bind_host, f"::ffff:{settings.bind_host}"}
+    outside = [f"{ip}:{port} ({name})" for ip, port, name in listeners if ip not in allowed]
+    assert not outside, f"listening beyond {settings.bind_host}:\n" + "\n".join(outside)
 
 
 def test_supervisor_restarts_a_crashed_service(settings, redis_client):
@@ -100,3 +118,22 @@ def _hive_has_event(settings, event_id: str, timeout_s: float = 120) -> bool:
             return True
         time.sleep(3)
     return False
+
+
+def test_mlflow_answers_only_with_credentials(settings):
+    import httpx
+    from mlflow import MlflowClient
+
+    base = settings.mlflow_uri.rstrip("/")
+    login = (settings.mlflow.admin_user, settings.mlflow.admin_password)
+    search = "/api/2.0/mlflow/registered-models/search"
+    attempt = {"name": f"intruder-{uuid.uuid4().hex[:8]}"}
+    with httpx.Client(base_url=base, timeout=10) as http:
+        assert http.get(search).status_code == 401
+        assert http.get(search, auth=(login[0], "not-the-password")).status_code == 401
+        assert http.post("/api/2.0/mlflow/registered-models/create", json=attempt).status_code == 401
+        assert http.get(search, auth=login).status_code == 200
+        assert http.get("/health").status_code == 200  # the supervisor's health check needs no login
+        assert http.get("/api/2.0/mlflow/registered-models/get", params=attempt, auth=login).status_code == 404
+    # and a feedloop client logs in by itself: the credentials come with settings.mlflow_uri
+    MlflowClient(tracking_uri=settings.mlflow_uri).search_experiments(max_results=1)

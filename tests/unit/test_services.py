@@ -1,9 +1,12 @@
+import configparser
+import os
 import socket
 
 import pytest
 
 from feedloop import services
-from feedloop.settings import load_settings
+from feedloop.airflow_env import airflow_commands
+from feedloop.settings import load_settings, mlflow_client_env
 
 
 def test_port_in_use_is_named_with_the_setting(monkeypatch, tmp_path):
@@ -28,6 +31,7 @@ def test_missing_java_is_named(monkeypatch):
 
 def test_every_service_has_a_command(monkeypatch, tmp_path):
     monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("FEEDLOOP_MLFLOW__ADMIN_PASSWORD", "a-long-password")
     settings = load_settings()
     for svc in services.SERVICES:
         if svc.name.startswith("airflow-") or svc.name == "kafka":
@@ -39,3 +43,83 @@ def test_every_service_has_a_command(monkeypatch, tmp_path):
 def test_ddl_files_are_idempotent():
     for name, stmt in services.ddl_statements():
         assert "IF NOT EXISTS" in stmt.upper(), f"{name}: {stmt[:60]}"
+
+
+# -- binds: every listener on the bind host ------------------------------------------
+
+
+def test_the_metastore_runs_the_launcher_bound_to_the_bind_host(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("FEEDLOOP_BIND_HOST", "10.1.2.3")
+    argv, _, _ = services.service_command(load_settings(), "metastore")
+    assert argv[-3:] == [str(services.METASTORE_LAUNCHER), "10.1.2.3", "9083"]
+    assert services.METASTORE_LAUNCHER.exists()
+
+
+def test_spark_uis_bind_the_bind_host(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("FEEDLOOP_BIND_HOST", "10.1.2.3")
+    _, env, _ = services.service_command(load_settings(), "thriftserver")
+    assert env["SPARK_LOCAL_IP"] == "10.1.2.3"  # the UI's bind address; spark.driver.bindAddress is not
+
+
+def test_airflow_starts_no_log_server():
+    commands = airflow_commands(load_settings())
+    assert "--skip-serve-logs" in commands["airflow-scheduler"]
+    assert "--skip-serve-logs" in commands["airflow-triggerer"]
+
+
+# -- MLflow with a login ----------------------------------------------------------------
+
+
+def test_mlflow_runs_the_basic_auth_app_with_the_configured_admin(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("FEEDLOOP_MLFLOW__ADMIN_PASSWORD", "s3cret-s3cret")
+    argv, env, _ = services.service_command(load_settings(), "mlflow")
+    assert argv[argv.index("--app-name") + 1] == "basic-auth"
+    assert (env["MLFLOW_AUTH_ADMIN_USERNAME"], env["MLFLOW_AUTH_ADMIN_PASSWORD"]) == ("admin", "s3cret-s3cret")
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] and "s3cret-s3cret" not in env["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    ini = configparser.ConfigParser()
+    ini.read(env["MLFLOW_AUTH_CONFIG_PATH"])
+    assert ini["mlflow"]["database_uri"] == f"sqlite:///{tmp_path / 'mlflow' / 'basic_auth.db'}"
+    assert "s3cret-s3cret" not in open(env["MLFLOW_AUTH_CONFIG_PATH"]).read()
+
+
+@pytest.mark.parametrize("password", ["", "short"])
+def test_mlflow_without_a_usable_admin_password_names_the_setting(monkeypatch, tmp_path, password):
+    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("FEEDLOOP_MLFLOW__ADMIN_PASSWORD", password)
+    with pytest.raises(services.ServiceError, match="FEEDLOOP_MLFLOW__ADMIN_PASSWORD"):
+        services.service_command(load_settings(), "mlflow")
+
+
+def test_asking_for_the_tracking_uri_gives_the_process_mlflows_login(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("FEEDLOOP_MLFLOW__ADMIN_PASSWORD", "s3cret-s3cret")
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    settings = load_settings()
+    assert settings.mlflow_uri == "http://127.0.0.1:5000"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("admin", "s3cret-s3cret")
+
+
+def test_a_login_of_the_process_own_is_kept(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "analyst")
+    monkeypatch.setenv("FEEDLOOP_MLFLOW__ADMIN_PASSWORD", "s3cret-s3cret")
+    assert mlflow_client_env(load_settings()) == {}
+
+
+def test_the_admin_password_in_mlflows_user_db_follows_the_setting(monkeypatch, tmp_path):
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
+    (tmp_path / "mlflow").mkdir()
+    monkeypatch.setenv("FEEDLOOP_MLFLOW__ADMIN_PASSWORD", "the-old-password")
+    services.sync_mlflow_admin(load_settings())  # creates the user DB; no admin yet (MLflow adds it)
+    store = SqlAlchemyStore()
+    store.init_db(f"sqlite:///{tmp_path / 'mlflow' / 'basic_auth.db'}")
+    store.create_user("admin", "the-old-password", is_admin=True)
+    monkeypatch.setenv("FEEDLOOP_MLFLOW__ADMIN_PASSWORD", "the-new-password")
+    services.sync_mlflow_admin(load_settings())
+    assert store.authenticate_user("admin", "the-new-password")
+    assert not store.authenticate_user("admin", "the-old-password")
