@@ -11,11 +11,12 @@ import importlib
 import sys
 import traceback
 
+from feedloop.dates import iso_day
 from feedloop.settings import SettingsError
 
 
 def _ds(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ds", required=True, help="logical date YYYY-MM-DD (Airflow's {{ ds }})")
+    parser.add_argument("--ds", required=True, type=iso_day, help="logical date YYYY-MM-DD (Airflow's {{ ds }})")
 
 
 def _services(parser: argparse.ArgumentParser) -> None:

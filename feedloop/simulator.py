@@ -429,31 +429,31 @@ def fetch_feed(api: str, user_id: str, limit: int = FEED_LIMIT, timeout_s: float
 
 
 # -- writing: Hive catalogue and Kafka ----------------------------------------
-def sql_literal(value: Any) -> str:
-    """A Spark SQL literal; lists become ARRAY<STRING>, None a typed-later NULL."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "CAST(array(" + ", ".join(sql_literal(str(v)) for v in value) + ") AS ARRAY<STRING>)"
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 USER_COLUMNS = "user_id STRING, gender STRING, age INT, occupation STRING, interests ARRAY<STRING>, created_at BIGINT"
 ITEM_COLUMNS = "item_id STRING, title STRING, category STRING, keywords ARRAY<STRING>, price DOUBLE, created_at BIGINT"
 ROWS_PER_STATEMENT = 500
 
 
-def _typed_values(rows: list[tuple], columns: str) -> str:
-    """``SELECT CAST(col1 AS T1) ..., FROM VALUES (...), (...)`` so NULLs and empty arrays get the table's types."""
+def _value_sql(value: Any) -> tuple[str, list[Any]]:
+    """Placeholder text of one value and its parameters: a list becomes ARRAY<STRING> of one per element."""
+    if isinstance(value, list):
+        return "CAST(array(" + ", ".join(["%s"] * len(value)) + ") AS ARRAY<STRING>)", [str(v) for v in value]
+    return "%s", [value]
+
+
+def typed_values(rows: list[tuple], columns: str) -> tuple[str, list[Any]]:
+    """``SELECT CAST(c0 AS T0) AS name0, ... FROM VALUES (%s, ...), ...`` and its parameters, for
+    ``cursor.execute(sql, params)``: every value is a parameter (the driver escapes it), and the
+    casts give NULLs and empty arrays the table's types."""
     specs = [c.strip().split(" ", 1) for c in columns.split(",")]
     names = ", ".join(f"c{i}" for i in range(len(specs)))
     casts = ", ".join(f"CAST(c{i} AS {t}) AS {n}" for i, (n, t) in enumerate(specs))
-    values = ", ".join("(" + ", ".join(sql_literal(v) for v in row) + ")" for row in rows)
-    return f"SELECT {casts} FROM VALUES {values} AS t({names})"
+    tuples, params = [], []
+    for row in rows:
+        parts = [_value_sql(v) for v in row]
+        tuples.append("(" + ", ".join(text for text, _ in parts) + ")")
+        params += [p for _, values in parts for p in values]
+    return f"SELECT {casts} FROM VALUES {', '.join(tuples)} AS t({names})", params
 
 
 def overwrite_table(cursor, table: str, columns: str, rows: list[tuple]) -> None:
@@ -463,13 +463,15 @@ def overwrite_table(cursor, table: str, columns: str, rows: list[tuple]) -> None
     ever see the old rows or all of the new ones.
     """
     if len(rows) <= ROWS_PER_STATEMENT:
-        cursor.execute(f"INSERT OVERWRITE TABLE {table} {_typed_values(rows, columns)}")
+        select, params = typed_values(rows, columns)
+        cursor.execute(f"INSERT OVERWRITE TABLE {table} {select}", params)
         return
     staging = f"tmp_load_{table}_{int(time.time() * 1000)}"
     cursor.execute(f"CREATE TABLE {staging} ({columns}) STORED AS PARQUET")
     try:
         for start in range(0, len(rows), ROWS_PER_STATEMENT):
-            cursor.execute(f"INSERT INTO {staging} {_typed_values(rows[start:start + ROWS_PER_STATEMENT], columns)}")
+            select, params = typed_values(rows[start:start + ROWS_PER_STATEMENT], columns)
+            cursor.execute(f"INSERT INTO {staging} {select}", params)
         cursor.execute(f"INSERT OVERWRITE TABLE {table} SELECT * FROM {staging}")
     finally:
         cursor.execute(f"DROP TABLE IF EXISTS {staging}")

@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 
 from feature_store.definitions import DWELL_MAX_BONUS, DWELL_MIN_MS, DWELL_UNIT_MS, EVENT_WEIGHTS
 from feature_store.segments import ANY
+from feedloop.dates import iso_day
 
 WINDOWS = (1, 7, 30)
 TOP_CATEGORIES = 3
@@ -132,10 +133,8 @@ def overwrite_partition(df: DataFrame, table: str) -> None:
 
 def parse_ds(argv: list[str]) -> str:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--ds", required=True)
-    ds = parser.parse_args(argv).ds
-    date.fromisoformat(ds)
-    return ds
+    parser.add_argument("--ds", required=True, type=iso_day)
+    return parser.parse_args(argv).ds
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from datetime import date, timedelta
 
+from feedloop.dates import iso_day
 from feedloop.settings import get_settings
 from spark.hive_files import BatchFiles
 
@@ -56,11 +57,13 @@ def compact_partition(spark, files: BatchFiles, values: tuple) -> tuple[int, int
 
 
 def compact(args) -> int:
+    ds = iso_day(args.ds)
     settings = get_settings()
     spark = _spark("feedloop-compact")
     db = settings.hive.database
     files = BatchFiles(spark, f"{db}.events", PARTITIONED["events"], f"{settings.warehouse.as_uri()}/_staging")
-    partitions = [tuple(r) for r in spark.sql(f"SELECT DISTINCT dt, hr FROM {db}.events WHERE dt = '{args.ds}'").collect()]
+    partitions = [tuple(r) for r in spark.sql(f"SELECT DISTINCT dt, hr FROM {db}.events WHERE dt = :ds",
+                                              args={"ds": ds}).collect()]
     total_before, total_rows = 0, 0
     for n, values in enumerate(sorted(partitions), 1):
         before, rows = compact_partition(spark, files, values)
@@ -68,15 +71,16 @@ def compact(args) -> int:
         total_rows += rows
         print(f"  compact {n}/{len(partitions)} dt={values[0]}/hr={values[1]}: {before} files -> 1", flush=True)
     spark.sql(f"REFRESH TABLE {db}.events")
-    print(f"compact: {db}.events dt={args.ds}: {total_before} files -> {len(partitions)} ({total_rows} rows rewritten)")
+    print(f"compact: {db}.events dt={ds}: {total_before} files -> {len(partitions)} ({total_rows} rows rewritten)")
     return 0
 
 
 def retention(args) -> int:
+    ds = iso_day(args.ds)
     settings = get_settings()
     spark = _spark("feedloop-retention")
     db = settings.hive.database
-    cutoff = (date.fromisoformat(args.ds) - timedelta(days=args.keep_days)).isoformat()
+    cutoff = (date.fromisoformat(ds) - timedelta(days=args.keep_days)).isoformat()
     dropped = 0
     for table in (*PARTITIONED, *DAILY_TABLES):
         for row in spark.sql(f"SHOW PARTITIONS {db}.{table}").collect():
@@ -85,19 +89,20 @@ def retention(args) -> int:
                 where = ", ".join(f"{k}='{v}'" if k == "dt" else f"{k}={v}" for k, v in spec.items())
                 spark.sql(f"ALTER TABLE {db}.{table} DROP IF EXISTS PARTITION ({where}) PURGE")
                 dropped += 1
-    print(f"retention: dropped {dropped} partitions older than {cutoff} ({args.keep_days} days before {args.ds})")
+    print(f"retention: dropped {dropped} partitions older than {cutoff} ({args.keep_days} days before {ds})")
     return 0
 
 
 def analyze(args) -> int:
+    ds = iso_day(args.ds)  # checked again here: it goes into the partition spec as written
     settings = get_settings()
     spark = _spark("feedloop-analyze")
     db = settings.hive.database
     for table in (*PARTITIONED, *DAILY_TABLES):
-        parts = [r[0] for r in spark.sql(f"SHOW PARTITIONS {db}.{table}").collect() if r[0].startswith(f"dt={args.ds}")]
+        parts = [r[0] for r in spark.sql(f"SHOW PARTITIONS {db}.{table}").collect() if r[0].startswith(f"dt={ds}")]
         if parts:
-            spark.sql(f"ANALYZE TABLE {db}.{table} PARTITION (dt='{args.ds}') COMPUTE STATISTICS")
+            spark.sql(f"ANALYZE TABLE {db}.{table} PARTITION (dt='{ds}') COMPUTE STATISTICS")
     for table in ("users", "items"):
         spark.sql(f"ANALYZE TABLE {db}.{table} COMPUTE STATISTICS")
-    print(f"analyze: statistics computed for dt={args.ds} of {db}")
+    print(f"analyze: statistics computed for dt={ds} of {db}")
     return 0

@@ -9,7 +9,7 @@ import pytest
 from feedloop.events import EVENT_TYPES, Rejection, validate
 from feedloop.simulator import (
     EVENT_MIX, INTEREST_WEIGHTS, PROMO_BOOST, FeedStats, Item, Promotion, Simulator, click_probability,
-    diurnal_multiplier, make_catalog, sql_literal,
+    USER_COLUMNS, diurnal_multiplier, make_catalog, typed_values,
 )
 
 DS = "2026-11-18"  # a Wednesday
@@ -195,12 +195,20 @@ def test_promotions_are_scheduled_over_a_simulated_day(catalog):
     assert sim.rate_factor(busy.start_ms + 1) > diurnal_multiplier(Simulator._dt(busy.start_ms + 1))
 
 
-def test_sql_literals_are_escaped_and_typed():
-    assert sql_literal("O'Brien \\ x") == "'O\\'Brien \\\\ x'"
-    assert sql_literal(None) == "NULL"
-    assert sql_literal(["a", "b'c"]) == "CAST(array('a', 'b\\'c') AS ARRAY<STRING>)"
-    assert sql_literal([]) == "CAST(array() AS ARRAY<STRING>)"
-    assert sql_literal(3) == "3" and sql_literal(2.5) == "2.5"
+def test_catalogue_values_reach_spark_unchanged_as_parameters():
+    from pyhive.hive import _escaper
+    from pyspark.sql import SparkSession
+
+    rows = [
+        ("O'Brien \\ x", None, 30, "50% off", ["a", "b'c", "\\", "%s"], 1),
+        ("line\nbreak\ttab é", "F", None, "'; DROP TABLE users; --", [], 2),
+    ]
+    select, params = typed_values(rows, USER_COLUMNS)
+    assert "O'Brien" not in select and "DROP" not in select  # values travel as parameters only
+    sql = select % _escaper.escape_args(params)  # what PyHive's cursor.execute(select, params) sends
+    spark = (SparkSession.builder.master("local[1]").appName("test-simulator-sql")
+             .config("spark.ui.enabled", "false").getOrCreate())
+    assert [tuple(row) for row in spark.sql(sql).collect()] == rows
 
 
 def test_drift_moves_users_to_a_released_trend_and_leaves_the_rest():
