@@ -188,11 +188,12 @@ def _check_events(events: list[Any]) -> list[dict[str, Any]]:
 # -- the app ---------------------------------------------------------------------
 
 
-def create_app(settings=None, *, served_log: ServedLog | None = None) -> FastAPI:
-    """The feed API for ``settings`` (default: the process settings)."""
+def create_app(settings=None, *, served_log: ServedLog | None = None, redis_client=None) -> FastAPI:
+    """The feed API for ``settings`` (default: the process settings); ``redis_client``
+    replaces the :class:`AsyncRedis` of the settings (serving/redis_py_client.py)."""
     settings = settings or get_settings()
     metrics = Metrics()
-    store = FeedStore(AsyncRedis.from_settings(settings))
+    store = FeedStore(redis_client or AsyncRedis.from_settings(settings))
     publisher = EventPublisher.from_settings(settings)
     served = served_log or ServedLog.from_settings(settings)
     metrics.add_collector(served.counters)
