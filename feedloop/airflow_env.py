@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from feedloop.settings import REPO_ROOT, Settings, SettingsError, mlflow_client_env
+from feedloop.spark import spark_env
 
 AIRFLOW_DB = "airflow"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
@@ -130,6 +131,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({"conn_type": "spark", "host": settings.spark.master})
     env["PYSPARK_PYTHON"] = sys.executable
     env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    # SparkSubmitOperator's spark-submit starts the driver's JVM before the job's get_spark runs
+    env.update(spark_env(settings))
     # tasks log in to MLflow (feedloop commands also do it themselves, through settings.mlflow_uri)
     env.update(mlflow_client_env(settings))
     return env

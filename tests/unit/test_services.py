@@ -63,6 +63,20 @@ def test_spark_uis_bind_the_bind_host(monkeypatch, tmp_path):
     assert env["SPARK_LOCAL_IP"] == "10.1.2.3"  # the UI's bind address; spark.driver.bindAddress is not
 
 
+def test_airflow_tasks_bind_spark_uis_and_log_in_to_mlflow(monkeypatch, tmp_path):
+    from feedloop.airflow_env import airflow_env
+
+    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("FEEDLOOP_BIND_HOST", "10.1.2.3")
+    monkeypatch.setenv("FEEDLOOP_AIRFLOW__JWT_SECRET", "jwt")
+    monkeypatch.setenv("FEEDLOOP_MLFLOW__ADMIN_PASSWORD", "s3cret-s3cret")
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    env = airflow_env(load_settings())
+    # SparkSubmitOperator's spark-submit starts the driver JVM, whose UI binds SPARK_LOCAL_IP
+    assert env["SPARK_LOCAL_IP"] == "10.1.2.3"
+    assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("admin", "s3cret-s3cret")
+
+
 def test_airflow_starts_no_log_server():
     commands = airflow_commands(load_settings())
     assert "--skip-serve-logs" in commands["airflow-scheduler"]
