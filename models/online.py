@@ -235,7 +235,8 @@ class OnlineLearner:
                  guard_history: pd.DataFrame, guard_holdout: pd.DataFrame, *, champion=None, max_steps: int = 8,
                  batch_size: int = 256, learning_rate: float = 0.01, window: int = 8, margin: float = 0.02,
                  min_events: int = 30, max_rollbacks: int = 3, holdout_floor: float = 0.5,
-                 max_pairs_per_user: int = 20, max_pairs_per_item: int = 50, updates: int = 0,
+                 max_pairs_per_user: int = 20, max_pairs_per_item: int = 50, embeddings_only: bool = True,
+                 updates: int = 0,
                  base_score: float | None = None, resume: dict | None = None, log=print):
         resume = resume or {}
         self.model = model
@@ -250,6 +251,7 @@ class OnlineLearner:
         self.max_steps = max_steps
         self.batch_size = batch_size
         self.learning_rate = learning_rate
+        self.embeddings_only = embeddings_only
         self.window = PrequentialWindow(window, margin, min_events, resume.get("window"))
         self.max_rollbacks = max_rollbacks
         self.holdout_floor = holdout_floor
@@ -385,7 +387,8 @@ class OnlineLearner:
         before = self._weights()
         catalogue = data.catalogue(self.catalogue, used)  # items first seen in the stream join the catalogue
         self.model.fit(self._with_replay(used), self.users, catalogue, PASSES, self.batch_size, self.learning_rate,
-                       log=lambda _: None)
+                       log=lambda _: None, embeddings_only=self.embeddings_only,
+                       average_epochs=0)  # averaging copied every table each pass: most of an update's second
         # 3. the secondary bound: only a wrecked model falls this far
         after, floor = self._guard(), self.floor()
         prefix = "reset to the champion, then " if reset else ""

@@ -69,7 +69,9 @@ class TowerConfig:
     step uses and on the dense weights. ``average_epochs``: the trained weights are
     the mean of the last N epochs' (0: the last epoch's). ``log_q_weight``: scale of
     the logQ correction (1: the textbook correction; on ML-100K 2 ranks best, see
-    docs/model.md).
+    docs/model.md). ``full_softmax_max_items``: when the training catalogue has at
+    most this many items, every step scores the whole catalogue (an exact softmax:
+    no sampled negatives, no logQ correction); above it, the sampled softmax.
     """
 
     embedding_dim: int = 32
@@ -89,6 +91,7 @@ class TowerConfig:
     weight_decay: float = 0.0
     average_epochs: int = 0
     log_q_weight: float = 1.0
+    full_softmax_max_items: int = 0
     seed: int = 7
 
     @classmethod
@@ -367,6 +370,8 @@ class TwoTower:
         keras.utils.set_random_seed(config.seed)  # same data and config -> same model
         self.query_tower = QueryTower(config)
         self.item_tower = ItemTower(config)
+        self._optimizer = None  # created by the first fit, kept by the next ones (the online learner's)
+        self._steps: dict[tuple[bool, bool], Callable] = {}  # the compiled step, per softmax kind and scope
 
     # -- training ------------------------------------------------------
     def fit(
@@ -380,6 +385,8 @@ class TwoTower:
         on_epoch: Callable[[int, float, float], None] | None = None,
         log: Callable[[str], None] = print,
         final_learning_rate: float | None = None,
+        embeddings_only: bool = False,
+        average_epochs: int | None = None,
     ) -> list[float]:
         """Train on weighted pairs; returns the mean loss of each epoch.
 
@@ -389,6 +396,9 @@ class TwoTower:
         ``items`` the catalogue (:func:`models.data.catalogue`). ``on_epoch(epoch,
         loss, examples_per_s)`` is called after each epoch. The learning rate
         decays linearly to ``final_learning_rate`` over the epochs (default: constant).
+        ``embeddings_only``: train the embedding rows and keep the towers' dense
+        layers as they are (the online learner's fine-tuning, see :mod:`models.online`).
+        ``average_epochs``: overrides the config's (the online learner's passes: 0).
         """
         if train.empty:
             raise ValueError("no training pairs")
@@ -407,18 +417,20 @@ class TwoTower:
             for start in range(0, n, batch_size):
                 yield {name: tf.constant(values[start:start + batch_size]) for name, values in shuffled.items()}
 
-        step = self._train_step(tensors)
+        tables = {name: tf.convert_to_tensor(value) for name, value in tensors.items()}
+        step = self._train_step(int(tables["item_bucket"].shape[0]) <= cfg.full_softmax_max_items, embeddings_only)
         schedule = np.linspace(learning_rate, learning_rate if final_learning_rate is None else final_learning_rate,
                                max(epochs, 1))
         towers = (self.query_tower, self.item_tower)
-        average_from = epochs - min(cfg.average_epochs, epochs) + 1 if cfg.average_epochs > 0 else epochs + 1
+        average = cfg.average_epochs if average_epochs is None else average_epochs
+        average_from = epochs - min(average, epochs) + 1 if average > 0 else epochs + 1
         averaged: list[list[np.ndarray]] | None = None
         losses = []
         for epoch in range(1, epochs + 1):
             self._optimizer.learning_rate.assign(float(schedule[epoch - 1]))
             started, total, steps = time.perf_counter(), tf.constant(0.0), 0
             for batch in batches():
-                total += step(batch)  # no sync with the device: the loss is read once per epoch
+                total += step(batch, tables)  # no sync with the device: the loss is read once per epoch
                 steps += 1
             losses.append(float(total) / steps)
             elapsed = time.perf_counter() - started
@@ -482,22 +494,32 @@ class TwoTower:
             "log_q": tf.constant(sampling_log_q(counts, batch_size, cfg.uniform_negatives)),
         }
 
-    def _train_step(self, t: dict):
-        """A compiled training step on integer batches; creates ``self._optimizer``."""
+    def _train_step(self, full_softmax: bool, embeddings_only: bool = False):
+        """The compiled training step ``step(batch, tables)`` on integer batches, built once per model,
+        softmax kind and scope, with one optimiser for all: the online learner's small fits (a few steps
+        each) do not trace again nor allocate a new optimiser's full-size slots."""
+        key = (full_softmax, embeddings_only)
+        if key in self._steps:
+            return self._steps[key]
         cfg = self.config
         query_tower, item_tower = self.query_tower, self.item_tower
         variables = query_tower.trainable_variables + item_tower.trainable_variables
-        self._optimizer = optimizer = OPTIMIZERS[cfg.optimizer](variables, 0.0, cfg.weight_decay)
+        tables = {id(layer.embeddings) for tower in (query_tower, item_tower) for layer in tower.layers
+                  if isinstance(layer, keras.layers.Embedding)}
+        trained = [n for n, v in enumerate(variables) if not embeddings_only or id(v) in tables]
+        if self._optimizer is None:
+            self._optimizer = OPTIMIZERS[cfg.optimizer](variables, 0.0, cfg.weight_decay)
+            self._seed = tf.random.Generator.from_seed(cfg.seed)
+        optimizer, seed = self._optimizer, self._seed
         history_table = query_tower.history_embedding.embeddings
-        n_items = tf.shape(t["item_bucket"])[0]
         any_parts = query_tower.any_parts
-        seed = tf.random.Generator.from_seed(cfg.seed)
 
         def dropped(shape, rate):
             return seed.uniform(shape) < rate
 
         @tf.function(reduce_retracing=True)
-        def step(batch):
+        def step(batch, t):
+            n_items = tf.shape(t["item_bucket"])[0]
             user_rows, item_rows, weight = batch["user_row"], batch["item_row"], batch["weight"]
             rows = tf.shape(user_rows)[0]
             # cold-start examples: no user id, no history (the item side: no item id)
@@ -506,14 +528,17 @@ class TwoTower:
             user = tf.where(no_user_id, tf.zeros_like(user_rows, dtype=tf.int64), tf.gather(t["user_bucket"], user_rows))
             parts = tf.gather(t["user_parts"], user_rows)
             parts = tf.where(dropped(tf.shape(parts), cfg.segment_part_dropout), any_parts[tf.newaxis, :], parts)
-            # candidates: the batch's distinct items plus uniform negatives, each item once
-            negatives = seed.uniform_full_int([cfg.uniform_negatives], dtype=tf.int64) % tf.cast(n_items, tf.int64)
-            candidates, candidate_slot = tf.unique(tf.concat([tf.cast(item_rows, tf.int64), negatives], axis=0))
+            if full_softmax:  # every item is a candidate
+                candidates, labels = tf.range(n_items, dtype=tf.int64), tf.cast(item_rows, tf.int32)
+            else:  # the batch's distinct items plus uniform negatives, each item once
+                negatives = seed.uniform_full_int([cfg.uniform_negatives], dtype=tf.int64) % tf.cast(n_items, tf.int64)
+                candidates, candidate_slot = tf.unique(tf.concat([tf.cast(item_rows, tf.int64), negatives], axis=0))
+                labels = candidate_slot[:rows]
+            # logQ: the sampling correction of the sampled softmax; in the exact one, a popularity penalty
+            log_q = tf.gather(t["log_q"], candidates) * cfg.log_q_weight
             item = tf.gather(t["item_bucket"], candidates)
             item = tf.where(dropped(tf.shape(item), cfg.id_dropout), tf.zeros_like(item), item)
             category = tf.gather(t["item_category"], candidates)
-            log_q = tf.gather(t["log_q"], candidates) * cfg.log_q_weight
-            labels = candidate_slot[:rows]
             # each user's history once per batch: the kept (not dropped) items, less the example's own item
             batch_users, user_slot = tf.unique(user_rows)
             starts = tf.gather(t["history_splits"], batch_users)
@@ -547,9 +572,13 @@ class TwoTower:
                 loss = in_batch_softmax_loss(query, candidate, log_q, weight, candidates, cfg.temperature, labels)
                 # the summed loss (as TFRS' retrieval task): a row's gradient does not shrink as batches grow
                 summed = loss * tf.reduce_sum(weight)
-            optimizer.apply(tape.gradient(summed, variables))
+            gradients = [None] * len(variables)  # None: not trained (the optimiser skips it)
+            for n, gradient in zip(trained, tape.gradient(summed, [variables[n] for n in trained])):
+                gradients[n] = gradient
+            optimizer.apply(gradients)
             return loss
 
+        self._steps[key] = step
         return step
 
     # -- inference -----------------------------------------------------

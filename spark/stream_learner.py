@@ -299,4 +299,4 @@ def learner_settings(settings: Settings) -> dict:
     return {"learning_rate": ms.online_learning_rate_share * ms.learning_rate, "max_steps": ms.online_max_steps,
             "window": ms.online_prequential_window, "margin": ms.online_prequential_margin,
             "min_events": ms.online_prequential_min_events, "max_rollbacks": ms.online_max_rollbacks,
-            "holdout_floor": ms.online_holdout_floor}
+            "holdout_floor": ms.online_holdout_floor, "embeddings_only": ms.online_embeddings_only}

@@ -34,8 +34,8 @@ CLICKS_PER_USER = 4
 # the test champion is trained on a few thousand events, so the tests of the learner's plumbing switch its judges
 # off (a margin no shortfall of percentile ranks can exceed, no holdout floor); the last two tests switch them on
 JUDGES_OFF = {"FEEDLOOP_MODEL__ONLINE_PREQUENTIAL_MARGIN": "1.0", "FEEDLOOP_MODEL__ONLINE_HOLDOUT_FLOOR": "0"}
-# a bad update: it learns the clicks backwards, at 50 times the daily learning rate
-BACKWARDS = {"FEEDLOOP_MODEL__ONLINE_LEARNING_RATE_SHARE": "-50"}
+# a bad update: it learns the clicks backwards, at 50 times the daily learning rate, dense layers included
+BACKWARDS = {"FEEDLOOP_MODEL__ONLINE_LEARNING_RATE_SHARE": "-50", "FEEDLOOP_MODEL__ONLINE_EMBEDDINGS_ONLY": "false"}
 
 
 def _learner_once(settings, expect: int = 0, **env: str) -> str:

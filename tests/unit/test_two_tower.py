@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -207,3 +209,26 @@ def test_fit_without_history_and_with_mixed_negatives():
                            log=lambda _: None)
         assert len(losses) == 2 and all(np.isfinite(losses))
         assert model.evaluate(train, holdout, user_features, catalogue)["eval_users"] > 100
+
+
+def test_exact_softmax_on_a_small_catalogue_learns_and_fits_again_without_a_new_step():
+    events, users, items = synthetic(2)
+    pairs = data.positive_pairs(events)
+    train, holdout = data.time_split(pairs)
+    user_features, catalogue = data.user_features(users), data.catalogue(items, pairs)
+    model = TwoTower(dataclasses.replace(SMALL, full_softmax_max_items=N_ITEMS))
+    losses = model.fit(train, user_features, catalogue, epochs=6, batch_size=256, learning_rate=0.1,
+                       log=lambda _: None)
+    assert losses[-1] < 0.8 * losses[0], losses
+    metrics = model.evaluate(train, holdout, user_features, catalogue, k=10)
+    assert metrics["ndcg10"] > baselines.popularity(train, holdout, catalogue["item_id"].tolist())["ndcg10"]
+    # later fits (the online learner's, on other pairs) reuse the compiled step and the optimiser's slots:
+    # once its shapes are relaxed, a fit traces nothing
+    step, optimizer = model._steps[(True, False)], model._optimizer
+    traces = []
+    for rows in (300, 200, 100):
+        model.fit(train.sample(rows, random_state=rows), user_features, catalogue, epochs=1, batch_size=64,
+                  learning_rate=0.1, log=lambda _: None)
+        traces.append(step.experimental_get_tracing_count())
+    assert model._steps == {(True, False): step} and model._optimizer is optimizer
+    assert traces[-1] == traces[-2], traces
