@@ -359,8 +359,12 @@ def service_command(settings: Settings, name: str) -> tuple[list[str], dict[str,
         argv = _kafka_java(settings, settings.kafka.heap) + ["kafka.Kafka", str(_kafka_config(settings))]
     elif name == "metastore":
         conf_dir = _write_hive_site(settings)
+        java = java_bin()
+        if not (Path(java).resolve().parent / "javac").exists():
+            raise ServiceError(f"the metastore's launcher ({METASTORE_LAUNCHER.name}) runs from source, which needs "
+                               f"a JDK, not only a JRE, beside {java}: apt-get install openjdk-17-jdk-headless")
         # Hive 2.3's HiveMetaStore listens on every interface; the launcher binds bind_host.
-        argv = [java_bin(), f"-Xmx{settings.hive.metastore_heap}", "-Djava.awt.headless=true",
+        argv = [java, f"-Xmx{settings.hive.metastore_heap}", "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={conf_dir / 'log4j2.properties'}", f"-Dderby.system.home={settings.var}",
                 "-cp", f"{conf_dir}:{pyspark_home() / 'jars'}/*",
                 str(METASTORE_LAUNCHER), settings.bind_host, str(settings.hive.metastore_port)]

@@ -56,6 +56,16 @@ def test_the_metastore_runs_the_launcher_bound_to_the_bind_host(monkeypatch, tmp
     assert services.METASTORE_LAUNCHER.exists()
 
 
+def test_the_metastore_without_a_jdk_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
+    jre = tmp_path / "jre" / "bin"
+    jre.mkdir(parents=True)
+    (jre / "java").touch()
+    monkeypatch.setattr(services, "java_bin", lambda: str(jre / "java"))
+    with pytest.raises(services.ServiceError, match="needs a JDK"):
+        services.service_command(load_settings(), "metastore")
+
+
 def test_spark_uis_bind_the_bind_host(monkeypatch, tmp_path):
     monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
     monkeypatch.setenv("FEEDLOOP_BIND_HOST", "10.1.2.3")
