@@ -33,6 +33,7 @@ GATE_METRIC = f"ndcg{K}"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
+PYFUNC_CODE = REPO_ROOT / "models" / "pyfunc_model.py"  # the pyfunc entry, logged as code
 
 
 class NoTrainingData(RuntimeError):
@@ -347,7 +348,7 @@ def _log_model(model, settings: Settings, log) -> str:
         towers = model.save(f"{tmp}/towers")
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
-            python_model=TwoTowerPyfunc(),
+            python_model=str(PYFUNC_CODE),  # models from code: the version's artifacts hold no pickle
             artifacts={TwoTowerPyfunc.ARTIFACT: str(towers)},
             registered_model_name=settings.mlflow.model_name,
             signature=signature,

@@ -661,8 +661,8 @@ class TwoTowerPyfunc(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc wrapper: ``predict`` maps ``user_id, segment[, history]`` rows to query vectors.
 
     ``history`` (optional) is a list of item ids or one space-separated string,
-    latest first. ``models.publish`` unwraps it (``unwrap_python_model().model``)
-    to use both towers.
+    latest first. Logged as code (:mod:`models.pyfunc_model`), never pickled;
+    feedloop loads versions with :func:`load_registered`, not through pyfunc.
     """
 
     ARTIFACT = "towers"
@@ -682,6 +682,42 @@ class TwoTowerPyfunc(mlflow.pyfunc.PythonModel):
         return self.model.query_embeddings(list(user_ids), model_input["segment"].tolist(), histories)
 
 
+class UnsafeModel(ValueError):
+    """A registered version whose artifacts could run code when loaded (a pickle)."""
+
+
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill")
+
+
+def pickle_payloads(directory: str | Path) -> list[str]:
+    """Files under ``directory`` that are pickles: by name, or by a pickle's first bytes (protocol 2-5)."""
+    root = Path(directory)
+    found = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        with path.open("rb") as f:
+            head = f.read(2)
+        if path.suffix.lower() in PICKLE_SUFFIXES or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+            found.append(str(path.relative_to(root)))
+    return found
+
+
 def load_registered(name: str, version: str) -> TwoTower:
-    """The towers of the registered version ``models:/<name>/<version>`` (tracking URI already set)."""
-    return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().model
+    """The towers of the registered version ``models:/<name>/<version>`` (tracking URI already set), rebuilt
+    from their JSON config and weights: nothing in the artifacts is unpickled or run. A version whose
+    artifacts carry a pickle payload is refused (:class:`UnsafeModel`)."""
+    import tempfile
+
+    import mlflow.artifacts
+
+    with tempfile.TemporaryDirectory(prefix="feedloop-model-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
+        pickles = pickle_payloads(local)
+        if pickles:
+            raise UnsafeModel(f"{name} v{version} is refused: its artifacts carry a pickle payload "
+                              f"({', '.join(pickles)}), which could run code when loaded. feedloop registers "
+                              f"towers as config.json and .h5 weights; retrain, or register it with `feedloop train`")
+        towers = local / "artifacts" / TwoTowerPyfunc.ARTIFACT
+        if not (towers / CONFIG_FILE).is_file():
+            raise UnsafeModel(f"{name} v{version} is not a feedloop two-tower version: no "
+                              f"artifacts/{TwoTowerPyfunc.ARTIFACT}/{CONFIG_FILE} in its artifacts")
+        return TwoTower.load(towers)

@@ -232,3 +232,17 @@ def test_exact_softmax_on_a_small_catalogue_learns_and_fits_again_without_a_new_
         traces.append(step.experimental_get_tracing_count())
     assert model._steps == {(True, False): step} and model._optimizer is optimizer
     assert traces[-1] == traces[-2], traces
+
+
+def test_pickle_payloads_are_found_by_name_or_by_their_first_bytes(tmp_path):
+    import pickle
+
+    from models.two_tower import pickle_payloads
+
+    model = TwoTower(TowerConfig(embedding_dim=8, hash_buckets=100, seed=1))
+    model.save(tmp_path / "artifacts" / "towers")
+    (tmp_path / "MLmodel").write_text("flavors: {}\n")
+    assert pickle_payloads(tmp_path) == []
+    (tmp_path / "python_model.pkl").write_bytes(b"")
+    (tmp_path / "artifacts" / "weights.bin").write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    assert pickle_payloads(tmp_path) == ["artifacts/weights.bin", "python_model.pkl"]
