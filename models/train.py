@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -135,6 +136,34 @@ def recent_choice(client: MlflowClient, experiment_id: str, ds: str, n_items: in
     return None
 
 
+def attempt_key(ds: str) -> str | None:
+    """``<ds>|<DAG run id>`` when Airflow runs this task (BashOperator exports its context), else None.
+
+    Every try of the DAG run's train task shares it, so a retry finds what an earlier try registered;
+    a new DAG run, or ``feedloop train`` run by hand, trains again.
+    """
+    run = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID", "")
+    return f"{ds}|{run}" if run and "'" not in run else None
+
+
+def registered_attempt(client: MlflowClient, experiment_id: str, name: str, key: str):
+    """(run, version) that an earlier try with ``key`` registered, or None (it failed before registering)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.train_key = '{key}'",
+                              order_by=["attributes.start_time DESC"], max_results=10)
+    for run in runs:
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'")
+        if versions:
+            return run, max(versions, key=lambda v: int(v.version))
+    return None
+
+
+def _tag_pending(client: MlflowClient, name: str, version: str, ds: str, run_id: str) -> None:
+    """The tags the gate looks for: the day, the run, and ``gate=pending`` (set last)."""
+    client.set_model_version_tag(name, version, "ds", ds)
+    client.set_model_version_tag(name, version, "run_id", run_id)
+    client.set_model_version_tag(name, version, "gate", "pending")
+
+
 # ------------------------------------------------------------------ core
 def train_and_register(
     train: pd.DataFrame,
@@ -149,7 +178,9 @@ def train_and_register(
 
     ``train``/``holdout``: ``user_id, item_id, weight, ts`` (from training_examples);
     ``users``: ``user_id, gender, age, interests``; ``items``: ``item_id, category``.
-    The new version is tagged ``gate=pending``; ``feedloop gate`` decides its alias.
+    The new version is tagged ``gate=pending``; ``feedloop gate`` decides its alias. A retried try of the
+    same DAG run (:func:`attempt_key`) registers nothing new: it finishes tagging the version an earlier
+    try registered and returns it.
     """
     from models import tuning
 
@@ -165,9 +196,20 @@ def train_and_register(
 
     client = configure_mlflow(settings)
     experiment = mlflow.set_experiment(settings.mlflow.experiment)
+    name, key = settings.mlflow.model_name, attempt_key(ds)
+    earlier = registered_attempt(client, experiment.experiment_id, name, key) if key else None
+    if earlier is not None:
+        run, version = earlier
+        if version.tags.get("gate") is None:  # that try stopped before its tags
+            _tag_pending(client, name, version.version, ds, run.info.run_id)
+        log(f"train: v{version.version} was registered for {ds} by an earlier try of this DAG run "
+            f"(run {run.info.run_id}); not training again")
+        return _result(settings, experiment.experiment_id, run.info.run_id, version.version, run.data.metrics, log)
     base_key = tuning_key(ms)
     reuse = recent_choice(client, experiment.experiment_id, ds, len(catalogue), base_key, ms, log)
     with mlflow.start_run(run_name=f"two-tower {ds}") as run:
+        if key:
+            mlflow.set_tag("train_key", key)
         mlflow.set_tags({"ds": ds, "rows": len(pairs), "train_rows": len(train), "holdout_rows": len(holdout),
                          "data_window": f"{window_start(ds)}..{ds}", "git_sha": git_sha(), "model_type": "two-tower",
                          "items": len(catalogue)})
@@ -194,15 +236,16 @@ def train_and_register(
         _log_plots(model, train, holdout, user_features, catalogue, losses)
         log(f"holdout: {metrics}")
         version = _log_model(model, settings, log)
-        client.set_model_version_tag(settings.mlflow.model_name, version, "ds", ds)
-        client.set_model_version_tag(settings.mlflow.model_name, version, "run_id", run.info.run_id)
-        client.set_model_version_tag(settings.mlflow.model_name, version, "gate", "pending")
+        _tag_pending(client, name, version, ds, run.info.run_id)
         mlflow.set_tags({"registered_version": version})
+    return _result(settings, experiment.experiment_id, run.info.run_id, version, metrics, log)
 
+
+def _result(settings: Settings, experiment_id: str, run_id: str, version: str, metrics: dict, log) -> TrainResult:
     uri = settings.mlflow_uri.rstrip("/")
     result = TrainResult(
-        version=version, run_id=run.info.run_id, metrics=metrics, alias="pending", reason="awaiting the gate",
-        run_url=f"{uri}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}",
+        version=version, run_id=run_id, metrics=metrics, alias="pending", reason="awaiting the gate",
+        run_url=f"{uri}/#/experiments/{experiment_id}/runs/{run_id}",
         model_url=f"{uri}/#/models/{settings.mlflow.model_name}/versions/{version}",
     )
     log(result.summary())

@@ -52,3 +52,78 @@ def test_a_version_carrying_a_pickle_is_refused(registry):
                                        pip_requirements=["mlflow"])
     with pytest.raises(UnsafeModel, match=r"refused: its artifacts carry a pickle payload \(python_model\.pkl\)"):
         load_registered(PICKLED_NAME, str(info.registered_model_version))
+
+
+# ------------------------------------------------------------------ retried tasks (injected failures)
+RETRY_DS = "2001-02-03"  # a day no other test writes model_metrics for
+
+
+@pytest.fixture(scope="module")
+def retried_train(registry):
+    """The train task dies right after registering (before its tags); Airflow's retry runs it again."""
+    import uuid
+
+    from models import data
+    from models.train import train_and_register
+    from tests.unit.test_two_tower import synthetic
+
+    base = registry
+    settings = base.model_copy(update={
+        "mlflow": base.mlflow.model_copy(update={"model_name": f"feedloop-test-retry-{uuid.uuid4().hex[:8]}",
+                                                 "experiment": f"{base.mlflow.experiment}-retry-test"}),
+        "model": base.model.model_copy(update={"tune": False, "epochs": 1, "average_epochs": 0}),
+    })
+    events, users, items = synthetic()
+    train, holdout = data.time_split(data.positive_pairs(events))
+
+    def dies_after_registering(line: str) -> None:
+        if line.startswith("registered "):
+            raise RuntimeError("injected: the task died after registering its version")
+
+    run_id = f"scheduled__{RETRY_DS}T00:00:00+00:00-{uuid.uuid4().hex[:6]}"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AIRFLOW_CTX_DAG_RUN_ID", run_id)
+        with pytest.raises(RuntimeError, match="injected"):
+            train_and_register(train, holdout, users, items, RETRY_DS, settings, log=dies_after_registering)
+        client = configure_mlflow(settings)
+        crashed = client.search_model_versions(f"name = '{settings.mlflow.model_name}'")
+        lines: list[str] = []
+        retried = train_and_register(train, holdout, users, items, RETRY_DS, settings, log=lines.append)
+        after_retry = client.search_model_versions(f"name = '{settings.mlflow.model_name}'")
+        env.setenv("AIRFLOW_CTX_DAG_RUN_ID", run_id + "-next")  # another DAG run: trains again
+        next_run = train_and_register(train, holdout, users, items, RETRY_DS, settings, log=lambda _: None)
+    return settings, (train, holdout, users, items), crashed, retried, after_retry, lines, next_run
+
+
+def test_a_retried_train_registers_no_second_version(retried_train):
+    settings, _, crashed, retried, after_retry, lines, next_run = retried_train
+    assert len(crashed) == 1 and "gate" not in crashed[0].tags  # the crash came before the gate's tags
+    assert [v.version for v in after_retry] == [crashed[0].version] == [retried.version]
+    version = after_retry[0]
+    assert version.tags["gate"] == "pending" and version.tags["ds"] == RETRY_DS, version.tags
+    assert any("not training again" in line for line in lines), lines
+    assert int(next_run.version) == int(retried.version) + 1
+
+
+def test_a_gate_whose_hive_write_failed_is_retried_and_gates_its_version(retried_train):
+    from thrift.transport.TTransport import TTransportException
+
+    from models.train import CHAMPION, aliased_version, gate
+    from tests.integration.conftest import free_port, hive_query
+
+    settings, (train, holdout, users, items), *_ = retried_train
+    client = configure_mlflow(settings)
+    name = settings.mlflow.model_name
+    hive_down = settings.model_copy(update={"hive": settings.hive.model_copy(update={"hs2_port": free_port()})})
+    with pytest.raises(TTransportException):  # HiveServer2 unreachable: the injected failure
+        gate(train, holdout, users, items, RETRY_DS, hive_down, log=lambda _: None)
+    pending = [v for v in client.search_model_versions(f"name = '{name}'") if v.tags.get("gate") == "pending"]
+    assert len(pending) == 2  # the failed gate decided nothing: both of the day's versions still wait
+    result = gate(train, holdout, users, items, RETRY_DS, settings, log=lambda _: None)
+    newest = max(pending, key=lambda v: int(v.version))
+    assert result.version == newest.version and result.alias == CHAMPION  # no champion yet under this name
+    assert client.get_model_version(name, newest.version).tags["gate"] == CHAMPION
+    assert aliased_version(client, name).version == newest.version
+    rows = hive_query(settings, f"SELECT model_version, is_champion FROM {settings.hive.database}.model_metrics "
+                                f"WHERE dt = '{RETRY_DS}' AND model_name = '{name}'")
+    assert rows and {str(v) for v, _ in rows} == {newest.version}, rows

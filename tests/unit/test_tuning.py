@@ -160,3 +160,12 @@ def test_the_gate_promotes_only_a_strictly_better_version():
     promote, reason = train.beats({"ndcg10": 0.30}, {"ndcg10": 0.30}, "3")
     assert not promote and reason == "ndcg10 0.3000 <= champion v3 0.3000"
     assert not train.beats({"ndcg10": 0.29}, {"ndcg10": 0.30}, "3")[0]
+
+
+def test_a_train_try_is_keyed_by_its_day_and_dag_run(monkeypatch):
+    monkeypatch.delenv("AIRFLOW_CTX_DAG_RUN_ID", raising=False)
+    assert train.attempt_key("2026-11-30") is None  # by hand: every run trains
+    monkeypatch.setenv("AIRFLOW_CTX_DAG_RUN_ID", "scheduled__2026-11-30T00:00:00+00:00")
+    assert train.attempt_key("2026-11-30") == "2026-11-30|scheduled__2026-11-30T00:00:00+00:00"
+    monkeypatch.setenv("AIRFLOW_CTX_DAG_RUN_ID", "manual__x' or '1'='1")  # not pasted into a search filter
+    assert train.attempt_key("2026-11-30") is None
