@@ -10,6 +10,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from feedloop.events import (
+    EVENT_TYPES,
+    INT32_MAX,
+    MAX_ID_LEN as EVENT_ID_FIELD_LEN,
+    MIN_TS_MS,
+    SCHEMA_VERSION,
+    UUID_PATTERN,
+)
+
 MAX_ID_LEN = 128
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 20
@@ -95,13 +104,37 @@ EVENT_EXAMPLE = {
     "item_id": "i981", "ts": 1767225600000, "feed_id": "seg:F|25-34|comedy@1767225600000",
     "position": 0, "model_version": "7", "schema_version": 1,
 }
+_ID = {"type": "string", "minLength": 1, "maxLength": EVENT_ID_FIELD_LEN}
+# Event v1 as feedloop.events validates it: optional fields may be absent or null. The rules
+# that tie fields to the event type (item_id unless search, dwell_ms for dwell, a non-blank
+# query for search) and ts at most a day ahead are left to the validator, which answers 422
+# naming the field.
+EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event_id", "event_type", "user_id", "ts"],
+    "properties": {
+        "event_id": {"type": "string", "pattern": f"^{UUID_PATTERN}$", "description": "uuid; makes retries idempotent"},
+        "event_type": {"type": "string", "enum": list(EVENT_TYPES)},
+        "user_id": _ID,
+        "ts": {"type": "integer", "minimum": MIN_TS_MS, "description": "event time, ms since epoch"},
+        "item_id": {**_ID, "type": ["string", "null"], "description": "required unless event_type is search"},
+        "dwell_ms": {"type": ["integer", "null"], "minimum": 0, "description": "required for dwell events"},
+        "query": {"type": ["string", "null"], "description": "required (not blank) for search events"},
+        "session_id": {**_ID, "type": ["string", "null"]},
+        "feed_id": {**_ID, "type": ["string", "null"]},
+        "position": {"type": ["integer", "null"], "minimum": 0, "maximum": INT32_MAX},
+        "model_version": {**_ID, "type": ["string", "null"]},
+        "schema_version": {"type": ["integer", "null"], "enum": [SCHEMA_VERSION, None]},
+    },
+    "additionalProperties": True,  # unknown fields are kept in a map, not dropped
+}
 EVENTS_BODY = {
     "required": True,
     "content": {"application/json": {
         "schema": {"oneOf": [
-            {"type": "array", "items": {"type": "object"}},
+            {"type": "array", "minItems": 1, "items": EVENT_SCHEMA},
             {"type": "object", "required": ["events"],
-             "properties": {"events": {"type": "array", "items": {"type": "object"}}}},
+             "properties": {"events": {"type": "array", "minItems": 1, "items": EVENT_SCHEMA}}},
         ]},
         "examples": {
             "list": {"summary": "a JSON list of events", "value": [EVENT_EXAMPLE]},

@@ -330,3 +330,22 @@ def test_unreachable_redis_is_a_connection_error_then_the_breaker_answers_at_onc
             await store.execute("PING")
 
     asyncio.run(run())
+
+
+def test_the_documented_event_schema_names_every_field_and_admits_what_the_validator_takes():
+    import jsonschema
+
+    from feedloop.events import EVENT_TYPES, FIELDS, new_event, validate_dict
+    from serving.schemas import EVENT_EXAMPLE, EVENT_SCHEMA
+
+    assert set(EVENT_SCHEMA["properties"]) == set(FIELDS)
+    valid = [EVENT_EXAMPLE, *(new_event(t, "u1", None if t == "search" else "i1", query="shoes" if t == "search" else None,
+                                        dwell_ms=5000 if t == "dwell" else None) for t in EVENT_TYPES)]
+    for event in valid:
+        assert isinstance(validate_dict(event), dict), event
+        jsonschema.validate(event, EVENT_SCHEMA)
+    for bad in ({**EVENT_EXAMPLE, "event_id": "not-a-uuid"}, {**EVENT_EXAMPLE, "ts": 1767225600},
+                {**EVENT_EXAMPLE, "position": -1}, {k: v for k, v in EVENT_EXAMPLE.items() if k != "user_id"}):
+        assert not isinstance(validate_dict(bad), dict), bad
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, EVENT_SCHEMA)
