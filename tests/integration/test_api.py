@@ -2,8 +2,9 @@
 
 Feeds are published with :func:`feature_store.online.publish_feeds`, as the batch and
 streaming jobs do, then read through the app. Every test uses its own uuid-named
-users, segments and items; the few shared keys (trending, popular, the catch-all
-segment feed, the current catalogue) are restored afterwards.
+users, segments and items; the current catalogue, shared, is restored afterwards.
+Trending and popular rankings and the catch-all segment feed, which the running stream
+and jobs rewrite, are read from a private redis-server that nothing else writes.
 """
 
 from __future__ import annotations
@@ -20,15 +21,13 @@ from feature_store import catalogue as catalogue_store
 from feature_store import online
 from feedloop.events import new_event
 from serving.app import create_app
+from tests.integration.conftest import PrivateRedis
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette asks for httpx2; httpx works
     from fastapi.testclient import TestClient
 
 pytestmark = pytest.mark.integration
-
-CATCH_ALL = "any|any|any"
-
 
 @pytest.fixture(scope="module")
 def api(settings):
@@ -61,14 +60,17 @@ def _items(body):
 
 
 @pytest.fixture
-def no_catch_all_feed(redis_client):
-    """Hide the ``any|any|any`` segment pointer for one test, then put it back as it was."""
-    pointer = online.feed_key("seg", CATCH_ALL)
-    value, ttl_ms = redis_client.get(pointer), redis_client.pttl(pointer)
-    redis_client.delete(pointer)
-    yield
-    if value is not None:
-        redis_client.set(pointer, value, px=ttl_ms if ttl_ms > 0 else None, nx=True)
+def private_api(settings, tmp_path):
+    """The API over a redis-server of its own (client, TestClient): for the trending and popular
+    rankings and the catch-all feed, which the stack's running stream and jobs rewrite."""
+    server = PrivateRedis(tmp_path)
+    client = server.start()
+    redis_settings = settings.redis.model_copy(update={"port": server.port, "password": ""})
+    try:
+        with TestClient(create_app(settings.model_copy(update={"redis": redis_settings}))) as api:
+            yield client, api
+    finally:
+        server.stop()
 
 
 def test_user_feed_with_its_model_version(api, redis_client, uid, cleanup):
@@ -107,13 +109,11 @@ def test_falls_back_to_the_nearest_published_segment(api, redis_client, uid, cle
     assert (body["source"], body["segment"], _items(body)) == ("user", None, [f"p-{uid}"])
 
 
-def test_falls_back_to_trending_without_any_segment_feed(api, redis_client, uid, cleanup, no_catch_all_feed):
-    _, members = cleanup
+def test_falls_back_to_trending_without_any_segment_feed(private_api, uid):
+    client, api = private_api  # no segment feed at all, the catch-all included
     hot = [f"t-{uid}-{n}" for n in range(3)]
-    trending = online.trending_key("1m")
-    # far above any real score, so this test's items rank first even on a busy stack
-    redis_client.zadd(trending, {item: 1e12 - n for n, item in enumerate(hot)})
-    members.append((trending, hot))
+    client.zadd(online.trending_key("1m"), {item: 3 - n for n, item in enumerate(hot)})
+    client.zadd(online.trending_key("1m"), {f"cold-{uid}": 0.5})
     body = api.get(f"/v1/feeds/users/u-{uid}?limit=3").json()
     assert (body["source"], body["window"], body["model_version"]) == ("trending", "1m", None)
     assert _items(body) == hot
@@ -213,15 +213,17 @@ def test_unknown_segment_is_a_404_naming_it(api, uid):
     assert response.json()["segment"] == segment and segment in response.json()["error"]
 
 
-def test_trending_and_popular_endpoints(api, redis_client, uid, cleanup):
-    _, members = cleanup
-    ten, pop = [f"t10-{uid}"], [f"pop-{uid}"]
-    redis_client.zadd(online.trending_key("10m"), {ten[0]: 1e12})
-    redis_client.zadd(online.popular_key(), {pop[0]: 1e12})
-    members += [(online.trending_key("10m"), ten), (online.popular_key(), pop)]
-    body = api.get("/v1/trending", params={"window": "10m", "limit": 1}).json()
-    assert (body["window"], _items(body), body["items"][0]["score"]) == ("10m", ten, 1e12)
-    body = api.get("/v1/popular", params={"limit": 1}).json()
+def test_trending_and_popular_endpoints(private_api, uid):
+    client, api = private_api
+    ten, one, pop = [f"t10-{uid}", f"t10b-{uid}"], [f"t1-{uid}"], [f"pop-{uid}"]
+    client.zadd(online.trending_key("10m"), {ten[0]: 2.0, ten[1]: 1.0})
+    client.zadd(online.trending_key("1m"), {one[0]: 5.0})
+    client.zadd(online.popular_key(), {pop[0]: 7.0})
+    body = api.get("/v1/trending", params={"window": "10m", "limit": 5}).json()
+    assert (body["window"], _items(body), [row["score"] for row in body["items"]]) == ("10m", ten, [2.0, 1.0])
+    body = api.get("/v1/trending", params={"window": "1m", "limit": 5}).json()
+    assert (body["window"], _items(body)) == ("1m", one)
+    body = api.get("/v1/popular", params={"limit": 5}).json()
     assert (body["source"], _items(body)) == ("popular", pop)
 
 
