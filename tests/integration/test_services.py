@@ -8,6 +8,7 @@ import os
 import signal
 import time
 import uuid
+from pathlib import Path
 
 import psutil
 
@@ -51,12 +52,24 @@ def test_every_listening_socket_of_the_stack_is_on_the_bind_host(settings):
     assert not outside, f"listening beyond {settings.bind_host}:\n" + "\n".join(outside)
 
 
+def _tail(path: Path, size: int) -> bytes:
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - size))
+        return f.read()
+
+
 def test_supervisor_restarts_a_crashed_service(settings, redis_client):
     rpc = supervisor(settings)
     before = rpc.getProcessInfo("redis")
     marker = f"restart-test-{uuid.uuid4()}"
     redis_client.set(marker, "1")
-    time.sleep(1.5)  # AOF fsync is every second
+    # kill -9 loses what redis-server has not yet written to its AOF (the page cache
+    # survives a process crash): wait until the write is in the file, then kill
+    aof_dir = settings.var / "redis" / "appendonlydir"
+    deadline = time.time() + 10
+    while not any(marker.encode() in _tail(f, 4 << 20) for f in aof_dir.glob("*.incr.aof")):
+        assert time.time() < deadline, f"the write did not reach the AOF under {aof_dir}"
+        time.sleep(0.05)
     os.kill(before["pid"], signal.SIGKILL)
     deadline = time.time() + 30
     while time.time() < deadline:
