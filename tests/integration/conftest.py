@@ -112,6 +112,14 @@ def wait_stream_caught_up(settings, timeout_s: float = 300) -> None:
         time.sleep(0.5)
 
 
+def feedloop_cli(*args: str, env: dict | None = None, timeout_s: float = 900) -> subprocess.CompletedProcess:
+    """Run `feedloop <args>` on the test stack (the session's environment plus ``env``); it must succeed."""
+    run = subprocess.run([sys.executable, "-m", "feedloop.cli", *args], capture_output=True, text=True,
+                         timeout=timeout_s, env={**os.environ, **(env or {})})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

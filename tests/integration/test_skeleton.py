@@ -12,6 +12,7 @@ import pytest
 
 from feedloop import simulator
 from spark.partitions import partition_rows, wait_for_rows
+from tests.integration.conftest import feedloop_cli
 
 DS = "2026-11-20"
 EVENTS = 3000
@@ -85,16 +86,6 @@ def test_feed_api_serves_a_feed_naming_the_champion(settings, dag_run):
     assert body["source"] in ("user", "segment")
 
 
-def _feedloop(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    import os
-    import sys
-
-    run = subprocess.run([sys.executable, "-m", "feedloop.cli", *args], capture_output=True, text=True,
-                         timeout=900, env={**os.environ, **(env or {})})
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return run
-
-
 def _table_rows(settings, table: str) -> list:
     from feedloop.services import hive_connection
 
@@ -107,8 +98,8 @@ def test_rerunning_a_day_leaves_identical_tables(settings, dag_run):
     tables = ("user_features", "item_features", "training_examples")
     before = {t: _table_rows(settings, t) for t in tables}
     assert all(before.values()), {t: len(v) for t, v in before.items()}
-    _feedloop("features", "--ds", DS)
-    _feedloop("training-set", "--ds", DS)
+    feedloop_cli("features", "--ds", DS)
+    feedloop_cli("training-set", "--ds", DS)
     assert {t: _table_rows(settings, t) for t in tables} == before
 
 
@@ -121,8 +112,8 @@ def test_a_broken_training_run_does_not_become_champion(settings, dag_run):
     # like last. Random weights (learning rate 0) were not certainly worse than this small test
     # champion, which is trained on 3,000 events: the gate once promoted them, by its rule.
     # Tuning off: the search would spend its trials on a setting that cannot learn.
-    _feedloop("train", "--ds", DS, env={"FEEDLOOP_MODEL__LEARNING_RATE": "-0.05", "FEEDLOOP_MODEL__TUNE": "false"})
-    gate = _feedloop("gate", "--ds", DS)
+    feedloop_cli("train", "--ds", DS, env={"FEEDLOOP_MODEL__LEARNING_RATE": "-0.05", "FEEDLOOP_MODEL__TUNE": "false"})
+    gate = feedloop_cli("gate", "--ds", DS)
     assert "challenger" in gate.stdout, gate.stdout[-2000:]
     assert client.get_model_version_by_alias(settings.mlflow.model_name, "champion").version == champion.version
     broken = client.get_model_version_by_alias(settings.mlflow.model_name, "challenger")

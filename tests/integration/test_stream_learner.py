@@ -6,11 +6,13 @@ it is back; a wrecking update is refused by the holdout bound; a state that fall
 champion on the present is reset to it by the prequential judge, exactly, learning stops and
 `feedloop status` says so.
 
-Runs after test_skeleton (alphabetical order), whose DAG run leaves a champion.
+Runs on the champion test_skeleton's DAG run leaves when the session ran it; run alone, the
+champion fixture trains one on a simulated day of its own.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -25,11 +27,15 @@ import numpy as np
 import pytest
 
 from feature_store import online
+from feedloop import simulator
 from feedloop.events import new_event
 from feedloop.simulator import make_producer
-from tests.integration.conftest import PrivateRedis, hive_query
+from spark.partitions import partition_rows, wait_for_rows
+from tests.integration.conftest import PrivateRedis, feedloop_cli, hive_query
 
 ROUNDS = 3
+# the day the champion fixture simulates and trains on when the session has no champion (not test_skeleton's)
+LEARNER_DS, LEARNER_EVENTS = "2026-11-19", 3000
 CLICKS_PER_USER = 4
 # the test champion is trained on a few thousand events, so the tests of the learner's plumbing switch its judges
 # off (a margin no shortfall of percentile ranks can exceed, no holdout floor); the last two tests switch them on
@@ -107,14 +113,51 @@ def _burst(settings, users: list[str], item: str) -> None:
     producer.close()
 
 
+def _registered(client, name: str):
+    """(the champion version or None, the other trained versions: tagged with a ds, not online states)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise
+        champion = None
+    others = [v for v in client.search_model_versions(f"name='{name}'")
+              if (champion is None or v.version != champion.version) and v.tags.get("ds")
+              and "online_version" not in v.tags]
+    return champion, others
+
+
 @pytest.fixture(scope="module")
 def champion(settings):
+    """The stack's champion, and a second trained version for the successor test.
+
+    A session that ran test_skeleton has both; run alone, this module makes them itself: one
+    simulated day through Kafka and the sink into Hive, its features and training set, a train
+    and a gate (the first version becomes champion), then one more train."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=settings.mlflow_uri)
-    version = client.get_model_version_by_alias(settings.mlflow.model_name, "champion")
-    assert version is not None, "no champion: test_skeleton's DAG run should have made one"
-    return version
+    client = MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+    name = settings.mlflow.model_name
+    champion, others = _registered(client, name)
+    quick = {"FEEDLOOP_MODEL__TUNE": "false"}  # a plain fit: the learner's tests need a champion, not a good one
+    if champion is None:
+        before = partition_rows(settings, "events", LEARNER_DS)
+        simulator.main(argparse.Namespace(users=120, items=200, events=LEARNER_EVENTS, rate=0, duration=0, seed=11,
+                                          ds=LEARNER_DS, no_catalog=False))
+        wait_for_rows(settings, LEARNER_DS, before + LEARNER_EVENTS, timeout_s=600)
+        for step in ("features", "training-set"):
+            feedloop_cli(step, "--ds", LEARNER_DS)
+        feedloop_cli("train", "--ds", LEARNER_DS, env=quick)
+        feedloop_cli("gate", "--ds", LEARNER_DS)
+        champion, others = _registered(client, name)
+        assert champion is not None, "the gate promoted no version over an empty registry"
+    if not others:
+        feedloop_cli("train", "--ds", champion.tags["ds"], env=quick)
+        champion, others = _registered(client, name)
+        assert others, "the second train registered no version"
+    return champion
 
 
 def test_a_burst_of_clicks_reaches_the_segments_feed(settings, redis_client, champion):
@@ -142,10 +185,11 @@ def test_a_burst_of_clicks_reaches_the_segments_feed(settings, redis_client, cha
 
 def test_a_crash_after_publishing_neither_loses_nor_relearns_the_batch(settings, redis_client, champion):
     """Killed after publishing a batch's feeds but before its checkpoint: the restart learns it exactly once."""
-    users = [u for (u,) in hive_query(settings, "SELECT user_id FROM users LIMIT 10")]
+    segment, fans = _biggest_segment(settings)
     _learner_once(settings)  # start from the present
     before = _pointer(settings)
-    _burst(settings, users, f"crash-{uuid.uuid4().hex[:8]}")
+    item = f"crash-{uuid.uuid4().hex[:8]}"
+    _burst(settings, fans[:10], item)
     out = _learner_once(settings, expect=137, LEARNER_FAULT="after-publish")
     assert _pointer(settings) == before, out[-2000:]  # the crashed batch was not checkpointed
     out = _learner_once(settings)  # Spark replays the uncommitted batch; the learner starts from the checkpoint
@@ -156,9 +200,9 @@ def test_a_crash_after_publishing_neither_loses_nor_relearns_the_batch(settings,
     assert after["version"] == f"{champion.version}+online.{after['updates']}"
     _learner_once(settings)  # nothing new: nothing relearned
     assert _pointer(settings)["updates"] == after["updates"]
-    for segment in hive_query(settings, "SELECT DISTINCT segment FROM user_features LIMIT 3"):
-        feed = online.read_feed(redis_client, "seg", segment[0])
-        assert feed is None or feed.items, segment  # published feeds stay whole
+    # the burst's segment feed is whole and the learned one: the replayed batch was published again
+    feed = online.read_feed(redis_client, "seg", segment)
+    assert feed is not None and feed.items and feed.model_version == after["version"], (feed, out[-2000:])
 
 
 def test_kill_9_mid_batch_then_restart_learns_the_batch_exactly_once(settings, redis_client, champion):
@@ -242,9 +286,8 @@ def test_a_new_champion_replaces_the_online_state(settings, redis_client, champi
 
     client = MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
     name = settings.mlflow.model_name
-    others = [v for v in client.search_model_versions(f"name='{name}'")
-              if v.version != champion.version and v.tags.get("ds") and "online_version" not in v.tags]
-    assert others, "test_skeleton registers more than one version"
+    _, others = _registered(client, name)
+    assert others, "the champion fixture leaves a second trained version"
     successor = max(others, key=lambda v: int(v.version))
     segment, fans = _biggest_segment(settings)
     _learner_once(settings)
