@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import socket
 import sys
@@ -116,7 +117,8 @@ def summarise(results: list[dict]) -> dict:
     return {"seeds": [r["seed"] for r in results], "per_seed": results,
             "mean": {k: v[0] for k, v in summary.items()}, "std": {k: v[1] for k, v in summary.items()},
             "beats_every_seed": all(beats(r) for r in results),
-            "seconds": round(sum(r["seconds"] for r in results), 1)}
+            "seconds": round(sum(r["seconds"] for r in results), 1),
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}  # the machine's load while it ran (shared, noisy)
 
 
 def plot(rounds: pd.DataFrame, drift_round: int, path: Path) -> Path:
