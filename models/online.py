@@ -235,7 +235,7 @@ class OnlineLearner:
                  guard_history: pd.DataFrame, guard_holdout: pd.DataFrame, *, champion=None, max_steps: int = 8,
                  batch_size: int = 256, learning_rate: float = 0.01, window: int = 8, margin: float = 0.02,
                  min_events: int = 30, max_rollbacks: int = 3, holdout_floor: float = 0.5,
-                 max_pairs_per_user: int = 20, max_pairs_per_item: int = 50, embeddings_only: bool = True,
+                 max_pairs_per_user: int = 20, max_pairs_per_item: int = 50, embeddings_only: bool = False,
                  updates: int = 0,
                  base_score: float | None = None, resume: dict | None = None, log=print):
         resume = resume or {}
