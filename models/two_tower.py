@@ -71,7 +71,8 @@ class TowerConfig:
     the logQ correction (1: the textbook correction; on ML-100K 2 ranks best, see
     docs/model.md). ``full_softmax_max_items``: when the training catalogue has at
     most this many items, every step scores the whole catalogue (an exact softmax:
-    no sampled negatives, no logQ correction); above it, the sampled softmax.
+    no sampled negatives; the logQ term stays, as a popularity penalty); above it, the
+    sampled softmax. Off by default: on ML-100K it did not beat the sampled softmax.
     """
 
     embedding_dim: int = 32
