@@ -190,7 +190,7 @@ def _check_events(events: list[Any]) -> list[dict[str, Any]]:
 
 def create_app(settings=None, *, served_log: ServedLog | None = None, redis_client=None) -> FastAPI:
     """The feed API for ``settings`` (default: the process settings); ``redis_client``
-    replaces the :class:`AsyncRedis` of the settings (serving/redis_py_client.py)."""
+    replaces the :class:`AsyncRedis` of the settings (bench/redis_py_client.py, a benchmark variant)."""
     settings = settings or get_settings()
     metrics = Metrics()
     store = FeedStore(redis_client or AsyncRedis.from_settings(settings))

@@ -1,10 +1,10 @@
-"""The API's Redis reads through redis-py's asyncio client: the variant `serving/resp.py` is measured against.
+"""bench.serving's variant of the API: its Redis reads through redis-py's asyncio client, against `serving/resp.py`.
 
 Same interface as :class:`serving.resp.AsyncRedis` (``execute``, ``pipeline``, ``evalsha``,
 ``close``) over one ``redis.asyncio.Redis`` with its connection pool; redis-py parses
 replies with hiredis when the ``hiredis`` package is importable, in pure Python otherwise.
 
-    python -m bench.serving --app serving.redis_py_client:app_from_settings
+    python -m bench.serving --app bench.redis_py_client:app_from_settings
 
 (docs/serving.md has the figures). Not used by the running API.
 """
