@@ -69,10 +69,11 @@ from source '{feed.get('source')}', model version {feed.get('model_version')}: {
 
   Airflow UI     http://{host}:{settings.airflow.port}   (login {settings.airflow.admin_user} / {settings.airflow.admin_password})
   MLflow UI      http://{host}:{settings.mlflow.port}   (login {settings.mlflow.admin_user} / {settings.mlflow.admin_password}; model {settings.mlflow.model_name}, alias champion)
-  HiveServer2    jdbc:hive2://{settings.hive.hs2_host}:{settings.hive.hs2_port}
+  HiveServer2    jdbc:hive2://{settings.hive.hs2_host}:{settings.hive.hs2_port}   (login {settings.hive.analyst_user}, password in {settings.var / 'secrets' / 'hive__analyst_password'})
   Feed API       http://{host}:{settings.api.port}/docs
 
-  {beeline} -u jdbc:hive2://{settings.hive.hs2_host}:{settings.hive.hs2_port} -e "select count(*) from feedloop.events"
+  {beeline} -u jdbc:hive2://{settings.hive.hs2_host}:{settings.hive.hs2_port} -n {settings.hive.analyst_user} \\
+      -w {settings.var / 'secrets' / 'hive__analyst_password'} -e "select count(*) from feedloop.events"
   curl -s http://{host}:{settings.api.port}/v1/feeds/users/u000001?limit=5
 
 The online learner runs too: clicks and dwell from now on fine-tune the champion and republish the segment

@@ -205,6 +205,39 @@ def _write_hive_site(settings: Settings) -> Path:
 METASTORE_LAUNCHER = REPO_ROOT / "infra" / "metastore" / "LoopbackMetastore.java"
 
 
+# ---------------------------------------------------------------- HiveServer2 login
+HIVE_AUTH_CLASS = "io.feedloop.hive.PasswordFileAuthenticator"  # infra/hive-auth, built by `make install`
+HIVE_PBKDF2_ITERATIONS = 100_000  # ~40 ms per login in the JVM; logins are per connection, not per query
+
+
+def hive_logins(settings: Settings) -> dict[str, str]:
+    """The HiveServer2 accounts: the platform's own and the analysts'; passwords are secrets."""
+    logins = {settings.hive.user: settings.hive.password, settings.hive.analyst_user: settings.hive.analyst_password}
+    for user, password in logins.items():
+        if not password:
+            raise ServiceError(f"no password for Hive user {user!r}: set FEEDLOOP_HIVE__PASSWORD / "
+                               "FEEDLOOP_HIVE__ANALYST_PASSWORD or let `feedloop up` generate var/secrets/hive__*")
+    return logins
+
+
+def write_hive_password_file(settings: Settings) -> Path:
+    """var/secrets/hive_passwords: one salted PBKDF2-SHA256 hash per login, read by the provider."""
+    import hashlib
+
+    path = settings.var / "secrets" / "hive_passwords"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for user, password in hive_logins(settings).items():
+        salt = os.urandom(16)
+        digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, HIVE_PBKDF2_ITERATIONS)
+        lines.append(f"{user} pbkdf2-sha256 {HIVE_PBKDF2_ITERATIONS} {salt.hex()} {digest.hex()}\n")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(lines))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return path
+
+
 # ---------------------------------------------------------------- MLflow login
 MLFLOW_MIN_PASSWORD = 12  # mlflow.utils.validation refuses shorter passwords
 
@@ -372,15 +405,21 @@ def service_command(settings: Settings, name: str) -> tuple[list[str], dict[str,
         from feedloop.spark import spark_env
 
         home = pyspark_home()
+        if not settings.hive_auth_jar.exists():
+            raise ServiceError(f"HiveServer2's password provider {settings.hive_auth_jar} is missing: run `make install` "
+                               "(it builds infra/hive-auth with Maven)")
         env["SPARK_HOME"] = str(home)
         env.update(spark_env(settings))
+        env["FEEDLOOP_HIVE_PASSWORD_FILE"] = str(write_hive_password_file(settings))
         argv = [str(home / "bin" / "spark-submit"), "--master", settings.spark.master,
                 "--driver-memory", settings.hive.thrift_heap, "--name", "feedloop-thriftserver",
+                "--driver-class-path", str(settings.hive_auth_jar),
                 "--class", "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2",
                 *_spark_submit_conf(settings, "feedloop-thriftserver", settings.spark.ui_port + 1),
                 "--hiveconf", f"hive.server2.thrift.port={settings.hive.hs2_port}",
                 "--hiveconf", f"hive.server2.thrift.bind.host={settings.hive.hs2_host}",
-                "--hiveconf", "hive.server2.authentication=NONE",
+                "--hiveconf", "hive.server2.authentication=CUSTOM",
+                "--hiveconf", f"hive.server2.custom.authentication.class={HIVE_AUTH_CLASS}",
                 "spark-internal"]
     elif name == "mlflow":
         pg = settings.postgres
@@ -729,10 +768,21 @@ def _stream_status(settings: Settings) -> str:
 
 
 # ---------------------------------------------------------------- DDL and topics
-def hive_connection(settings: Settings, database: str = "default"):
+def hive_connection(settings: Settings, database: str = "default", user: str | None = None, password: str | None = None):
+    """A PyHive connection to HiveServer2, logged in as the platform's account unless told otherwise."""
     from pyhive import hive
 
-    return hive.Connection(host=settings.hive.hs2_host, port=settings.hive.hs2_port, username="feedloop", database=database)
+    user = user or settings.hive.user
+    if password is None:
+        password = hive_logins(settings)[user] if user in (settings.hive.user, settings.hive.analyst_user) else ""
+    try:
+        return hive.Connection(host=settings.hive.hs2_host, port=settings.hive.hs2_port, database=database,
+                               auth="CUSTOM", username=user, password=password)
+    except Exception as exc:
+        if "Error validating the login" in str(exc):
+            raise ServiceError(f"HiveServer2 refused the login of {user!r}: wrong user or password "
+                               "(settings hive.user / hive.password, var/secrets/hive__*)") from exc
+        raise
 
 
 def ddl_statements() -> list[tuple[str, str]]:

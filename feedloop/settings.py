@@ -14,6 +14,7 @@ A bad value raises :class:`SettingsError` naming the setting and its source.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +32,8 @@ SECRET_FIELDS = {
     ("airflow", "admin_password"),
     ("airflow", "jwt_secret"),
     ("mlflow", "admin_password"),
+    ("hive", "password"),
+    ("hive", "analyst_password"),
 }
 
 
@@ -79,9 +82,22 @@ class HiveSettings(_Section):
     hs2_port: int = 10000
     thrift_heap: str = "1g"
     database: str = "feedloop"
+    # HiveServer2 logins (CUSTOM auth, infra/hive-auth): the platform's own account and
+    # one for analysts (beeline, PyHive); both passwords are secrets.
+    user: str = "feedloop"
+    password: str = ""
+    analyst_user: str = "analyst"
+    analyst_password: str = ""
     warehouse_dir: str = ""  # empty: var/warehouse
 
     _ports = field_validator("metastore_port", "hs2_port")(_check_port)
+
+    @field_validator("user", "analyst_user")
+    @classmethod
+    def _login_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+            raise ValueError(f"expected 1-64 letters, digits, '_', '.' or '-', got {value!r}")
+        return value
 
     @field_validator("metastore_uri")
     @classmethod
@@ -250,6 +266,11 @@ class Settings(_Section):
     @property
     def jars(self) -> Path:
         return Path(self.jar_cache) if self.jar_cache else Path.home() / ".cache" / "feedloop" / "jars"
+
+    @property
+    def hive_auth_jar(self) -> Path:
+        """HiveServer2's password provider, built from infra/hive-auth by `make install`."""
+        return self.jars / "hive-auth" / "feedloop-hive-auth.jar"
 
     @property
     def warehouse(self) -> Path:

@@ -54,4 +54,14 @@ if ! ls "$JARS"/spark-kafka/spark-sql-kafka-*.jar >/dev/null 2>&1; then
       -DoutputDirectory="$JARS/spark-kafka" -DincludeScope=runtime \
       -DincludeArtifactIds=spark-sql-kafka-0-10_2.13,spark-token-provider-kafka-0-10_2.13,kafka-clients,commons-pool2
 fi
+# HiveServer2's password provider (CUSTOM auth), compiled against pyspark's own
+# spark-hive-thriftserver jar; rebuilt when its source or the venv changes.
+auth_stamp="$JARS/hive-auth/.built-$(cat infra/hive-auth/pom.xml infra/hive-auth/src/main/java/io/feedloop/hive/*.java requirements.lock | sha256sum | cut -c1-16)"
+if [ ! -f "$auth_stamp" ] || [ ! -f "$JARS/hive-auth/feedloop-hive-auth.jar" ]; then
+  say "building HiveServer2's password provider (infra/hive-auth) into $JARS/hive-auth"
+  PYSPARK_JARS=$(.venv/bin/python -c 'import pathlib, pyspark; print(pathlib.Path(pyspark.__file__).parent / "jars")')
+  rm -rf "$JARS/hive-auth"
+  mvn -q -B -f infra/hive-auth/pom.xml package -Dpyspark.jars="$PYSPARK_JARS" -Dfeedloop.build="$JARS/hive-auth"
+  touch "$auth_stamp"
+fi
 say "ready: .venv, jars in $JARS"

@@ -37,12 +37,15 @@ def test_events_reach_hive_exactly_once(settings, day_loaded):
     assert total == distinct == day_loaded
 
 
-def test_beeline_counts_the_same_as_pyhive(settings, day_loaded):
+def test_beeline_counts_the_same_as_pyhive(settings, day_loaded, tmp_path):
     from feedloop.services import pyspark_home
 
     beeline = pyspark_home() / "bin" / "beeline"
+    password_file = tmp_path / "analyst_password"
+    password_file.write_text(settings.hive.analyst_password)
     out = subprocess.run(
         [str(beeline), "-u", f"jdbc:hive2://{settings.hive.hs2_host}:{settings.hive.hs2_port}", "--outputformat=csv2",
+         "-n", settings.hive.analyst_user, "-w", str(password_file),
          "--silent=true", "-e", f"select count(*) from feedloop.events where dt = '{DS}'"],
         capture_output=True, text=True, timeout=120, env={"SPARK_HOME": str(pyspark_home()), "PATH": "/usr/bin:/bin"},
     )

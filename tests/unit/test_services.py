@@ -2,6 +2,8 @@ import configparser
 import os
 import socket
 
+from pathlib import Path
+
 import pytest
 
 from feedloop import services
@@ -32,12 +34,45 @@ def test_missing_java_is_named(monkeypatch):
 def test_every_service_has_a_command(monkeypatch, tmp_path):
     monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
     monkeypatch.setenv("FEEDLOOP_MLFLOW__ADMIN_PASSWORD", "a-long-password")
+    monkeypatch.setenv("FEEDLOOP_HIVE__PASSWORD", "platform-password")
+    monkeypatch.setenv("FEEDLOOP_HIVE__ANALYST_PASSWORD", "analyst-password")
     settings = load_settings()
     for svc in services.SERVICES:
         if svc.name.startswith("airflow-") or svc.name == "kafka":
             continue  # need generated Airflow config / resolved jars; covered by integration tests
         argv, env, _ = services.service_command(settings, svc.name)
         assert argv and argv[0]
+
+
+def test_the_thrift_server_asks_every_client_for_a_login(monkeypatch, tmp_path):
+    import hashlib
+
+    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("FEEDLOOP_HIVE__PASSWORD", "platform-password")
+    monkeypatch.setenv("FEEDLOOP_HIVE__ANALYST_PASSWORD", "analyst-password")
+    settings = load_settings()
+    argv, env, _ = services.service_command(settings, "thriftserver")
+    assert "hive.server2.authentication=CUSTOM" in argv
+    assert f"hive.server2.custom.authentication.class={services.HIVE_AUTH_CLASS}" in argv
+    assert argv[argv.index("--driver-class-path") + 1] == str(settings.hive_auth_jar)
+    text = Path(env["FEEDLOOP_HIVE_PASSWORD_FILE"]).read_text()
+    assert "platform-password" not in text and "analyst-password" not in text
+    logins = {}
+    for line in text.splitlines():
+        user, scheme, iterations, salt, digest = line.split()
+        assert scheme == "pbkdf2-sha256"
+        logins[user] = (int(iterations), bytes.fromhex(salt), bytes.fromhex(digest))
+    assert set(logins) == {"feedloop", "analyst"}
+    iterations, salt, digest = logins["analyst"]
+    assert hashlib.pbkdf2_hmac("sha256", b"analyst-password", salt, iterations) == digest
+    assert hashlib.pbkdf2_hmac("sha256", b"platform-password", salt, iterations) != digest
+
+
+def test_a_missing_hive_password_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("FEEDLOOP_HIVE__PASSWORD", "platform-password")
+    with pytest.raises(services.ServiceError, match="no password for Hive user 'analyst'"):
+        services.service_command(load_settings(), "thriftserver")
 
 
 def test_ddl_files_are_idempotent():
@@ -69,6 +104,8 @@ def test_the_metastore_without_a_jdk_is_named(monkeypatch, tmp_path):
 def test_spark_uis_bind_the_bind_host(monkeypatch, tmp_path):
     monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
     monkeypatch.setenv("FEEDLOOP_BIND_HOST", "10.1.2.3")
+    monkeypatch.setenv("FEEDLOOP_HIVE__PASSWORD", "platform-password")
+    monkeypatch.setenv("FEEDLOOP_HIVE__ANALYST_PASSWORD", "analyst-password")
     _, env, _ = services.service_command(load_settings(), "thriftserver")
     assert env["SPARK_LOCAL_IP"] == "10.1.2.3"  # the UI's bind address; spark.driver.bindAddress is not
 
