@@ -25,6 +25,8 @@ def test_classify_read():
     assert chaos.classify_read("503", chaos.GOAL_503_S + 0.01) == "503_slow"
     assert chaos.classify_read("conn_refused", 0.001) == "conn_refused_fast"
     assert chaos.classify_read("conn_refused", 1.5) == "conn_refused_slow"
+    assert chaos.classify_read("conn_error", 0.2) == "conn_error_fast"
+    assert chaos.classify_read("conn_error", 4.0) == "conn_error_slow"
     assert chaos.classify_read("timeout", 5.0) == "timeout"
     assert chaos.classify_read("500", 0.01) == "status_500"
 
