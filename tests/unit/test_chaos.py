@@ -55,7 +55,9 @@ def test_outage_summary_longest_and_unrecovered():
     assert summary["redis"] == {"kills": 2, "longest_s": 7.5, "recovered": True}
     assert summary["kafka"]["recovered"] is False
     assert summary["api"] == {"kills": 0, "longest_s": None, "recovered": None}
-    assert "longest_to_first_batch_s" in summary["stream-events"]
+    sink = chaos.outage_summary([{"component": "stream-events", "killed": True, "down_s": 10.0, "first_batch_s": 300.0},
+                                 {"component": "stream-events", "killed": True, "down_s": 11.0}])["stream-events"]
+    assert sink["longest_to_first_batch_s"] == 300.0 and sink["kills_without_batch"] == 1
 
 
 def test_verdict_needs_every_condition():
