@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from feedloop.airflow_env import airflow_log_dir, api_url
 from feedloop.settings import Settings, get_settings
+from infra.airflow_env import airflow_log_dir, api_url
 
 CONNECT_TIMEOUT_S = 3.0
 REQUEST_TIMEOUT_S = 15.0
