@@ -1,7 +1,7 @@
 """`python -m bench.closed_loop`: click-through of feeds with the online learner on, against the frozen champion,
 while the simulated users' tastes drift.
 
-One run, one seed, one simulated world (:mod:`feedloop.simulator`: users with
+One run, one seed, one simulated world (:mod:`sources.simulator`: users with
 hidden preferences, the click model by preference and position):
 
 1. **history**: a week of organic user actions before the run; the champion is
@@ -19,7 +19,7 @@ hidden preferences, the click model by preference and position):
    and settings: flood caps, replay, bounded steps, the prequential judge, the
    holdout's catastrophe bound) learns from every click and dwell of the round,
    both arms' and organic, as the streaming job does from the events topic, and
-   republishes the touched segments' feeds (:func:`spark.stream_learner.segment_feeds`);
+   republishes the touched segments' feeds (:func:`models.online_service.segment_feeds`);
 4. **drift** at ``--drift-round``: a new trend: ``--trend-items`` new items in a
    new category are released, and the users whose top interest is one of
    ``--trend-interests`` categories come to prefer it over everything (weight 4
@@ -75,7 +75,7 @@ def _frame(events: list[dict]) -> pd.DataFrame:
 
 
 def _learnable(events: list[dict]) -> pd.DataFrame:
-    from spark.stream_learner import LEARN_TYPES
+    from models.online_service import LEARN_TYPES
 
     return _frame([e for e in events if e["event_type"] in LEARN_TYPES and e.get("item_id")])
 
@@ -87,7 +87,7 @@ def _feed_for(feeds: dict[str, list[str]], segment: str) -> list[str]:
 
 
 def _feeds(model, version: str, segments: list[str], catalogue: pd.DataFrame) -> dict[str, list[str]]:
-    from spark.stream_learner import segment_feeds
+    from models.online_service import segment_feeds
 
     return {key[1]: feed.items[:FEED_LIMIT] for key, feed in segment_feeds(model, version, segments, catalogue,
                                                                             FEED_LIMIT).items()}
@@ -225,18 +225,18 @@ def run(args, seed: int) -> dict:
     import tensorflow as tf
 
     from feedloop.settings import get_settings
-    from feedloop.simulator import Item, Simulator, make_catalog
     from models import data
     from models.online import OnlineLearner
+    from models.online_service import GUARD_USERS, learner_settings
     from models.two_tower import TowerConfig, TwoTower
-    from spark.stream_learner import GUARD_USERS, learner_settings
+    from sources.simulator import Item, Simulator, make_catalogue
 
     started = time.time()
     settings = get_settings()
     ms = settings.model
     tf.keras.utils.set_random_seed(seed)
     t0 = 1_790_000_000_000  # a fixed event-time origin: the same run for the same seed
-    users, items = make_catalog(args.users, args.items, seed, now_ms=t0)
+    users, items = make_catalogue(args.users, args.items, seed, now_ms=t0)
     sim = Simulator(users, items, seed, now_ms=t0)
 
     # 1. history and the champion ---------------------------------------------------------

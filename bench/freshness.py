@@ -32,6 +32,8 @@ import uuid
 
 import numpy as np
 
+from feedloop import clients
+
 GOAL_HIT_SHARE = 0.95
 GOAL_P95_S = 5.0
 
@@ -42,7 +44,7 @@ def log(message: str) -> None:
 
 def segments_by_size(settings) -> list[tuple[str, list[str]]]:
     from feature_store.segments import segment_of
-    from feedloop.services import hive_connection
+    from feedloop.clients import hive_connection
 
     cursor = hive_connection(settings, settings.hive.database).cursor()
     cursor.execute("SELECT user_id, gender, age, interests FROM users")
@@ -55,12 +57,13 @@ def segments_by_size(settings) -> list[tuple[str, list[str]]]:
 
 def ensure_learner(settings) -> bool:
     """Start the learner under the supervisor if needed; True when it was just started (cold)."""
-    from feedloop import services
+    from infra.stack import up
+    from infra.supervision import process_states
 
-    states = services._states(settings)
+    states = process_states(settings)
     if states.get("stream-learner") != "RUNNING":
         log("starting the online learner (feedloop up stream-learner)")
-        services.up(["stream-learner"], settings)
+        up(["stream-learner"], settings)
         return True
     return False
 
@@ -101,12 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from feature_store import online
+    from feedloop.clients import make_producer
     from feedloop.settings import get_settings
-    from feedloop.simulator import make_producer
 
     settings = get_settings()
     cold = ensure_learner(settings)
-    client = online.connect(settings)
+    client = clients.redis_client(settings)
     producer = make_producer(settings)
     groups = segments_by_size(settings)[:args.segments]
     if not groups:

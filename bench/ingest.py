@@ -161,9 +161,9 @@ def generate_only(n_events: int) -> dict:
     """Events/s the simulator generates and serialises, sending nothing."""
     import orjson
 
-    from feedloop.simulator import Simulator, make_catalog
+    from sources.simulator import Simulator, make_catalogue
 
-    users, items = make_catalog(N_USERS, N_ITEMS, SEED)
+    users, items = make_catalogue(N_USERS, N_ITEMS, SEED)
     sim = Simulator(users, items, SEED)
     made, started = 0, time.perf_counter()
     while made < n_events:
@@ -180,9 +180,9 @@ def validate_only(n_events: int) -> dict:
     import orjson
 
     from feedloop.events import validate
-    from feedloop.simulator import Simulator, make_catalog
+    from sources.simulator import Simulator, make_catalogue
 
-    users, items = make_catalog(N_USERS, N_ITEMS, SEED)
+    users, items = make_catalogue(N_USERS, N_ITEMS, SEED)
     sim = Simulator(users, items, SEED + 1)
     raw = []
     while len(raw) < n_events:
@@ -196,9 +196,10 @@ def validate_only(n_events: int) -> dict:
 
 def produce(settings, backend: str, n_events: int) -> dict:
     """The simulator's events into Kafka as fast as one producer takes them, until all are acknowledged."""
-    from feedloop.simulator import EventProducer, Simulator, make_catalog
+    from feedloop.clients import EventProducer
+    from sources.simulator import Simulator, make_catalogue
 
-    users, items = make_catalog(N_USERS, N_ITEMS, SEED)
+    users, items = make_catalogue(N_USERS, N_ITEMS, SEED)
     sim = Simulator(users, items, SEED + (1 if backend == "kafka-python" else 2))
     producer = EventProducer(settings, backend, client_id=f"bench-{backend}")
     topic = settings.kafka.events_topic
@@ -250,7 +251,7 @@ def drain(settings, expected: int, timeout_s: float) -> dict:
     The sink applies each batch to Redis, then writes it to Hive; its progress file
     counts both (``aggregated``, ``valid``) since it started.
     """
-    from feedloop.services import supervisor
+    from infra.supervision import supervisor
 
     pid = int((settings.var / "run" / "supervisord.pid").read_text())
     (settings.var / "run" / "stream-events.json").unlink(missing_ok=True)  # progress of an earlier run
@@ -359,9 +360,10 @@ class Markers:
 
 
 def poll_redis(settings, markers: Markers, stop: threading.Event) -> None:
-    from feature_store.online import connect, user_stats_key
+    from feature_store.online import user_stats_key
+    from feedloop.clients import redis_client
 
-    client = connect(settings)
+    client = redis_client(settings)
     while not stop.is_set():
         pending = markers.pending("redis")
         if pending:
@@ -381,7 +383,7 @@ def poll_redis(settings, markers: Markers, stop: threading.Event) -> None:
 
 
 def poll_hive(settings, markers: Markers, stop: threading.Event) -> None:
-    from feedloop.services import hive_connection
+    from feedloop.clients import hive_connection
 
     conn = hive_connection(settings, settings.hive.database)
     cursor = conn.cursor()
@@ -415,10 +417,11 @@ def poll_hive(settings, markers: Markers, stop: threading.Event) -> None:
 
 def freshness(settings, rate: float, duration_s: float, grace_s: float) -> dict:
     """Steady load at ``rate`` events/s with markers; event time -> visible in Redis and Hive."""
+    from feedloop.clients import EventProducer
     from feedloop.events import new_event
-    from feedloop.simulator import EventProducer, Pacer, Simulator, make_catalog
+    from sources.simulator import Pacer, Simulator, make_catalogue
 
-    users, items = make_catalog(N_USERS, N_ITEMS, SEED)
+    users, items = make_catalogue(N_USERS, N_ITEMS, SEED)
     sim = Simulator(users, items, SEED + 3)
     producer = EventProducer(settings, "confluent", client_id="bench-freshness")
     topic = settings.kafka.events_topic
@@ -481,7 +484,7 @@ def spark_floor(settings, expected: int, out_dir: Path) -> dict:
     """
     import psutil
 
-    from feedloop.spark import get_spark
+    from feature_store.offline import get_spark
 
     spark = get_spark("feedloop-bench-floor", with_kafka=True, settings=settings)
     spark.conf.set("spark.sql.shuffle.partitions", "2")
@@ -563,9 +566,10 @@ def sustained(settings, rate: float, duration_s: float, grace_s: float, scale: s
     ``scale="peak"``: the busiest moment of the day offers ``rate``; ``"mean"``: the
     day's mean does (its peak is then ~2.9x that).
     """
-    from feedloop.simulator import EventProducer, Simulator, diurnal_multiplier, make_catalog
+    from feedloop.clients import EventProducer
+    from sources.simulator import Simulator, diurnal_multiplier, make_catalogue
 
-    users, items = make_catalog(N_USERS, N_ITEMS, SEED)
+    users, items = make_catalogue(N_USERS, N_ITEMS, SEED)
     sim = Simulator(users, items, SEED + 5)
     day = [diurnal_multiplier(datetime(2026, 11, 30, h, m, tzinfo=timezone.utc)) for h in range(24) for m in (0, 30)]
     mean_multiplier = sum(day) / len(day)
@@ -617,7 +621,7 @@ def sustained(settings, rate: float, duration_s: float, grace_s: float, scale: s
 
 def streamed_check(settings) -> dict:
     """Rows that came through Kafka (kafka_offset set) and their distinct event ids, over HiveServer2."""
-    from feedloop.services import hive_connection
+    from feedloop.clients import hive_connection
 
     conn = hive_connection(settings, settings.hive.database)
     try:
@@ -666,8 +670,9 @@ def main(argv: list[str] | None = None) -> int:
     var_dir = Path(args.var_dir)
     os.environ.update(bench_env(var_dir, args.port_shift))  # before any settings are read
 
-    from feedloop.services import down, supervisor, up
     from feedloop.settings import get_settings
+    from infra.stack import down, up
+    from infra.supervision import supervisor
 
     get_settings.cache_clear()
     started = time.time()

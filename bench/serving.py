@@ -41,7 +41,7 @@ from feature_store import online
 from feature_store.catalogue import write_catalogue
 from feature_store.segments import fallbacks, segment_of
 from feedloop.settings import REPO_ROOT
-from feedloop.simulator import make_catalog
+from sources.simulator import make_catalogue
 
 FEED_PATH = "/v1/feeds/users/{user_id}?limit=20"
 FLOOR_PATH = "/"
@@ -187,7 +187,7 @@ def start_server(app: str, port: int, args, env: dict[str, str], workdir: Path, 
 def seed(client, n_users: int, n_cold: int, n_segments: int, n_items: int, feed_size: int) -> dict[str, int]:
     """Users with feeds, cold users (profile only), segment feeds, trending, popular, catalogue."""
     rng = random.Random(SEED)
-    users, items = make_catalog(n_users + n_cold, n_items, SEED)
+    users, items = make_catalogue(n_users + n_cold, n_items, SEED)
     item_ids = [i.item_id for i in items]
     segment_of_user = {u.user_id: segment_of(u.gender, u.age, u.interests) for u in users}
 

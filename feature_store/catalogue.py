@@ -29,17 +29,10 @@ from typing import Any
 import orjson
 import redis
 
-from feature_store.online import key
+from feature_store.online import key, raise_pointers
 
 GRACE_S = 600
 WRITE_CHUNK = 1000
-
-_FLIP = """
-local cur = redis.call('GET', KEYS[1])
-if cur and tonumber(cur) >= tonumber(ARGV[1]) then return cur end
-redis.call('SET', KEYS[1], ARGV[1])
-return cur or ''
-"""
 
 
 def pointer_key() -> str:
@@ -125,7 +118,7 @@ def write_catalogue(client: redis.Redis, items: Iterable[Mapping[str, Any]], ver
         pipe.execute()
     if categories:
         client.sadd(categories_key(new), *categories)
-    replaced = client.eval(_FLIP, 1, pointer_key(), new)
+    (replaced,) = raise_pointers(client, [pointer_key()], new)
     replaced = replaced.decode() if isinstance(replaced, bytes) else replaced
     if replaced and int(replaced) >= int(new):  # another writer got there first
         if int(replaced) > int(new):  # (the same version is the same keys: keep them)

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 PREFIX = "feedloop"
 GRACE_S = 600
@@ -35,17 +33,21 @@ SAFE = "|-_.+"
 # Parts made only of characters quote() leaves alone skip it (the common case, and hot in the API).
 _UNESCAPED = re.compile(r"[A-Za-z0-9_.~|+-]*")
 
-_FLIP = """
-local flipped = 0
+# The one pointer-raising script, for the feed pointers, the catalogue's pointer and the
+# streaming sink's newest event time: each key takes ARGV[1] unless it holds a larger number
+# (compared by the leading integer: publications are "<ms>"); ARGV[2] is a TTL in seconds, 0
+# for none. Returns each key's previous value ('' when it had none).
+RAISE = """
+local function num(v) return tonumber(string.match(v, '^(-?%d+)')) end
+local new, ttl, before = num(ARGV[1]), tonumber(ARGV[2]), {}
 for i = 1, #KEYS do
   local cur = redis.call('GET', KEYS[i])
-  local pub = ARGV[1]
-  if (not cur) or (tonumber(string.match(cur, '^(%d+)')) <= tonumber(string.match(pub, '^(%d+)'))) then
-    redis.call('SET', KEYS[i], pub, 'EX', ARGV[2])
-    flipped = flipped + 1
+  before[i] = cur or ''
+  if (not cur) or num(cur) <= new then
+    if ttl > 0 then redis.call('SET', KEYS[i], ARGV[1], 'EX', ttl) else redis.call('SET', KEYS[i], ARGV[1]) end
   end
 end
-return flipped
+return before
 """
 
 _READ = """
@@ -128,25 +130,11 @@ class Feed:
         )
 
 
-def connect(settings) -> redis.Redis:
-    """A Redis client with bounded timeouts, so a dead server fails fast.
+def raise_pointers(client, keys: Sequence[str], value: int | str, ttl_s: int = 0) -> list[str]:
+    """Set every key to ``value`` unless it holds a larger number (one atomic script); returns the old values.
 
-    redis-py retries 10 times with backoff by default, which turns a dead server
-    into a multi-second wait; one immediate retry still heals a pooled connection
-    that went stale across a Redis restart.
-    """
-    rs = settings.redis
-    return redis.Redis(
-        host=rs.host,
-        port=rs.port,
-        username=rs.username or None,
-        password=rs.password or None,
-        db=rs.db,
-        socket_timeout=rs.socket_timeout_s,
-        socket_connect_timeout=rs.socket_timeout_s,
-        retry=Retry(NoBackoff(), 1),
-        decode_responses=True,
-    )
+    ``client`` is a redis-py client or pipeline (a pipeline returns its results at ``execute``)."""
+    return client.eval(RAISE, len(keys), *keys, value, ttl_s)
 
 
 def new_publication_id(now_ms: int | None = None) -> str:
@@ -172,7 +160,7 @@ def publish_feeds(
         body.set(f"{feed_key(kind, ident)}@{pub}", feed.to_json(), ex=ttl_s + GRACE_S)
     body.execute()
     if pointers:
-        client.eval(_FLIP, len(pointers), *pointers, pub, ttl_s)
+        raise_pointers(client, pointers, pub, ttl_s)
     return pub
 
 

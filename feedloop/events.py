@@ -24,6 +24,10 @@ from typing import Any
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("impression", "click", "dwell", "view", "cart", "like", "purchase", "search")
 MAX_EVENT_BYTES = 64 * 1024
+# The topics' max.message.bytes: a bad record of up to ~1 MB must still reach the DLQ
+# whole (base64 grows it by a third).
+EVENTS_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+DLQ_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_ID_LEN = 128
 # Event times must fall between 1995-01-01 (catches seconds sent as milliseconds,
 # and still admits historical imports such as MovieLens) and a day ahead of now.

@@ -151,8 +151,8 @@ def tune_als(spark, train: pd.DataFrame, item_ids: Sequence[str], split: Split, 
 def main(args) -> int:
     import mlflow
 
+    from feature_store.offline import get_spark
     from feedloop.settings import get_settings
-    from feedloop.spark import get_spark
     from models.tuning import validation_split
 
     settings = get_settings()

@@ -28,6 +28,7 @@ import redis
 
 from feature_store import online
 from feature_store.segments import ANY, fallbacks
+from feedloop import clients
 from feedloop.settings import Settings, get_settings
 from models import data
 from models.train import CHAMPION, aliased_version, configure_mlflow
@@ -206,7 +207,7 @@ def batch_redis(settings: Settings) -> redis.Redis:
     """A Redis client for batch writes: the settings' server, a longer timeout."""
     slow = settings.redis.model_copy(update={"socket_timeout_s": max(settings.redis.socket_timeout_s,
                                                                        BATCH_REDIS_TIMEOUT_S)})
-    return online.connect(settings.model_copy(update={"redis": slow}))
+    return clients.redis_client(settings.model_copy(update={"redis": slow}))
 
 
 def load_champion(settings: Settings):
@@ -241,7 +242,7 @@ def read_publish_inputs(spark, ds: str, database: str) -> tuple[pd.DataFrame, pd
 
 def main(args) -> int:
     """``feedloop publish --ds YYYY-MM-DD``."""
-    from feedloop.spark import get_spark
+    from feature_store.offline import get_spark
     from models.train import window_start
 
     settings = get_settings()
@@ -292,7 +293,7 @@ def report(args) -> int:
               f"{settings.mlflow_uri.rstrip('/')}/#/models/{name}/versions/{champion.version}")
 
     try:
-        redis_client = online.connect(settings)
+        redis_client = clients.redis_client(settings)
         latest = redis_client.hgetall(publication_summary_key())
         root = online.read_feed(redis_client, "seg", ROOT_SEGMENT)
     except redis.RedisError as exc:

@@ -326,7 +326,7 @@ def write_model_metrics(settings: Settings, ds: str, name: str, rows) -> None:
     """INSERT OVERWRITE the dt=ds partition of model_metrics: one row per version and metric."""
     import time
 
-    from feedloop.services import hive_connection
+    from feedloop.clients import hive_connection
 
     now = int(time.time() * 1000)
     values = [(name, str(version), str(run_id), metric, float(value), bool(is_champion), now)
@@ -422,7 +422,7 @@ def read_training_set(spark, ds: str, database: str):
 
 
 def _inputs(ds: str, app: str):
-    from feedloop.spark import get_spark
+    from feature_store.offline import get_spark
 
     settings = get_settings()
     window_start(ds)  # fail on a bad date before starting Spark

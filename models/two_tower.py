@@ -363,6 +363,24 @@ OPTIMIZERS = {"adagrad": SparseAdagrad, "adam": SparseAdam}
 
 
 # ------------------------------------------------------------------ model
+def _batch_histories(t, user_rows, position, drop):
+    """Each user's history once per batch (traced inside the training step): the kept (not dropped)
+    items, less the example's own item. ``drop(shape)`` draws the dropped entries."""
+    batch_users, user_slot = tf.unique(user_rows)
+    starts = tf.gather(t["history_splits"], batch_users)
+    ranges = tf.ragged.range(starts, tf.gather(t["history_splits"], batch_users + 1))
+    history = tf.gather(t["history_values"], ranges.flat_values)
+    history_user = tf.cast(ranges.value_rowids(), tf.int32)
+    kept = tf.logical_not(drop(tf.shape(history)))
+    own = tf.gather(ranges.row_splits, user_slot) + tf.cast(tf.maximum(position, 0), tf.int64)
+    own_kept = tf.logical_and(position >= 0, tf.gather(tf.concat([kept, [False]], 0), own))  # safe when empty
+    own_kept = tf.cast(own_kept, tf.float32)[:, tf.newaxis]
+    kept_f = tf.cast(kept, tf.float32)[:, tf.newaxis]
+    slots = tf.shape(batch_users)[0]
+    user_count = tf.math.unsorted_segment_sum(kept_f, history_user, slots)
+    return user_slot, history, history_user, kept_f, own_kept, slots, user_count
+
+
 class TwoTower:
     """The two towers plus their config: train, embed, save and load."""
 
@@ -540,20 +558,8 @@ class TwoTower:
             item = tf.gather(t["item_bucket"], candidates)
             item = tf.where(dropped(tf.shape(item), cfg.id_dropout), tf.zeros_like(item), item)
             category = tf.gather(t["item_category"], candidates)
-            # each user's history once per batch: the kept (not dropped) items, less the example's own item
-            batch_users, user_slot = tf.unique(user_rows)
-            starts = tf.gather(t["history_splits"], batch_users)
-            ranges = tf.ragged.range(starts, tf.gather(t["history_splits"], batch_users + 1))
-            history = tf.gather(t["history_values"], ranges.flat_values)
-            history_user = tf.cast(ranges.value_rowids(), tf.int32)
-            kept = tf.logical_not(dropped(tf.shape(history), cfg.history_dropout))
-            position = batch["history_position"]
-            own = tf.gather(ranges.row_splits, user_slot) + tf.cast(tf.maximum(position, 0), tf.int64)
-            own_kept = tf.logical_and(position >= 0, tf.gather(tf.concat([kept, [False]], 0), own))  # safe when empty
-            own_kept = tf.cast(own_kept, tf.float32)[:, tf.newaxis]
-            kept_f = tf.cast(kept, tf.float32)[:, tf.newaxis]
-            slots = tf.shape(batch_users)[0]
-            user_count = tf.math.unsorted_segment_sum(kept_f, history_user, slots)
+            user_slot, history, history_user, kept_f, own_kept, slots, user_count = _batch_histories(
+                t, user_rows, batch["history_position"], lambda shape: dropped(shape, cfg.history_dropout))
             # the history-table rows this step reads: its histories' items and its positives, each once
             n_history = tf.shape(history)[0]
             used, used_slot = tf.unique(tf.concat([history, item_rows], axis=0))

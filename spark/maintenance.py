@@ -25,7 +25,7 @@ DAILY_TABLES = ("user_features", "item_features", "training_examples", "model_me
 
 
 def _spark(app: str):
-    from feedloop.spark import get_spark
+    from feature_store.offline import get_spark
 
     return get_spark(app)
 

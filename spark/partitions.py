@@ -9,7 +9,7 @@ from feedloop.settings import get_settings
 
 def partition_rows(settings, table: str, ds: str) -> int:
     """Rows in partition dt=ds of feedloop.<table>, counted through HiveServer2."""
-    from feedloop.services import hive_connection
+    from feedloop.clients import hive_connection
 
     conn = hive_connection(settings, settings.hive.database)
     try:

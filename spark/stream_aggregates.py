@@ -37,18 +37,18 @@ import time
 from dataclasses import dataclass
 
 import redis
+import tenacity
 
 from feature_store import online
 from feature_store.definitions import (
     RECENT_MAX_ITEMS, RECENT_TTL_S, SEEN_TYPES, SLIDE_MS, SLIDING_MS, TUMBLING_MS, USER_STATS_TTL_S,
 )
+from feedloop import clients
 
 PANE_TTL_S = 3600
 TRENDING_1M_TTL_S = 2 * TUMBLING_MS // 1000
 TRENDING_10M_TTL_S = SLIDING_MS // 1000 + 60
 NO_WATERMARK = -(2**62)
-RAISE_NEWEST = ("local v = tonumber(redis.call('GET', KEYS[1]) or '-1e18') "
-                "if tonumber(ARGV[1]) > v then redis.call('SET', KEYS[1], ARGV[1]) end return 1")
 
 
 def weight_column():
@@ -177,7 +177,7 @@ def apply_aggregates(client, marker: str, batch_id: int, agg: BatchAggregates, n
     pipe.zunionstore(online.trending_key("10m"), [pane_key("5m", current_5m - SLIDE_MS), pane_key("5m", current_5m)])
     pipe.expire(online.trending_key("10m"), TRENDING_10M_TTL_S)
     if agg.max_ts is not None:  # the newest event time moves forward only
-        pipe.eval(RAISE_NEWEST, 1, watermark_key(marker), agg.max_ts)
+        online.raise_pointers(pipe, [watermark_key(marker)], int(agg.max_ts))
     pipe.set(marker, batch_id)
     pipe.execute()
     return True
@@ -187,19 +187,20 @@ class RedisAggregates:
     """Applies one micro-batch's aggregates to Redis, exactly once per batch id (retried while Redis is down)."""
 
     def __init__(self, settings, marker_id: str, late_after_ms: int):
-        self.client = online.connect(settings)
+        self.client = clients.redis_client(settings)
         self.marker = online.key("agg", "batch", marker_id)
         self.late_after_ms = late_after_ms
         self.applied = 0
         self.late = 0
 
     def _retry(self, what: str, fn):
-        while True:
-            try:
-                return fn()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:  # retry, never drop
-                print(f"aggregates: Redis unavailable while {what} ({exc}); retrying in 2s", flush=True)
-                time.sleep(2)
+        """``fn()``, retried every 2 s for as long as Redis is down: a batch's aggregates are never dropped."""
+        def report(state) -> None:
+            print(f"aggregates: Redis unavailable while {what} ({state.outcome.exception()}); retrying in 2s", flush=True)
+
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)),
+            wait=tenacity.wait_fixed(2), before_sleep=report, reraise=True)(fn)
 
     def __call__(self, valid_events, batch_id: int) -> BatchAggregates:
         watermark = self._retry("reading the watermark",

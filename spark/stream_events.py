@@ -27,8 +27,8 @@ import json
 import time
 from pathlib import Path
 
-from feedloop.events import FIELDS
-from feedloop.services import DLQ_MAX_MESSAGE_BYTES
+from feedloop.events import DLQ_MAX_MESSAGE_BYTES, FIELDS
+from feedloop.progress import write_json_atomic
 from feedloop.settings import Settings, get_settings
 from spark.hive_files import BatchFiles
 
@@ -217,14 +217,6 @@ def read_kafka(spark, settings: Settings, topic: str | None = None):
 SERVED_TRIGGER_S = 30
 
 
-def write_json_atomic(path: Path, value) -> None:
-    """Write ``value`` as JSON to ``path`` through a rename: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value))
-    tmp.replace(path)
-
-
 def checkpoint_dir(settings: Settings, query: str = "stream-events") -> Path:
     return settings.var / "checkpoints" / query
 
@@ -252,7 +244,7 @@ def _start(stream, sink, name: str, checkpoint: Path, once: bool, every_s: int):
 def main(args) -> int:
     """Two queries in one Spark app (one JVM): events -> Redis aggregates and Hive (exactly once),
     and served feeds -> Hive served_feeds."""
-    from feedloop.spark import get_spark
+    from feature_store.offline import get_spark
     from spark.served_feeds import ServedFeedsSink
 
     settings = get_settings()
@@ -286,14 +278,3 @@ def main(args) -> int:
     return 0
 
 
-def progress_summary(settings: Settings) -> str:
-    """One line for `feedloop status`: last batch and time since it."""
-    path = settings.var / "run" / "stream-events.json"
-    if not path.exists():
-        return "stream-events: no batch processed yet"
-    state = json.loads(path.read_text())
-    age = time.time() - state["updated_at"]
-    totals = state["since_start"]
-    return (f"stream-events: last batch {state['batch_id']} {age:.0f}s ago; since start {totals['valid']} events "
-            f"written, {totals['rejected']} to DLQ, {totals['duplicates']} duplicates dropped, "
-            f"{totals.get('late', 0)} too late for the trending windows")

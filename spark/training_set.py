@@ -45,8 +45,8 @@ def training_examples(events: DataFrame, ds: str, holdout_share: float = HOLDOUT
 
 
 def main(argv: list[str] | None = None) -> int:
+    from feature_store.offline import get_spark
     from feedloop.settings import get_settings
-    from feedloop.spark import get_spark
 
     ds = parse_ds(sys.argv[1:] if argv is None else argv)
     settings = get_settings()

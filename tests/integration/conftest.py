@@ -43,7 +43,8 @@ os.environ.update(TEST_ENV)
 
 def leftovers(settings) -> list[str]:
     """What of the test stack still runs: processes naming its var dir, ports still listening."""
-    from feedloop.services import SERVICES, port_open
+    from infra.health import port_open
+    from infra.registry import SERVICES
 
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     procs = [line.strip() for line in out.splitlines() if str(settings.var) in line and "pytest" not in line]
@@ -54,8 +55,8 @@ def leftovers(settings) -> list[str]:
 @pytest.fixture(scope="session")
 def settings():
     """Settings of the test stack, after `feedloop up` brought every service up."""
-    from feedloop.services import down, up
     from feedloop.settings import get_settings
+    from infra.stack import down, up
 
     started = time.time()
     try:
@@ -75,14 +76,14 @@ def settings():
 
 @pytest.fixture(scope="session")
 def redis_client(settings):
-    from feature_store.online import connect
+    from feedloop import clients
 
-    return connect(settings)
+    return clients.redis_client(settings)
 
 
 def hive_query(settings, sql: str) -> list[tuple]:
     """Rows of one HiveQL statement over HiveServer2 (PyHive), in the feedloop database."""
-    from feedloop.services import hive_connection
+    from feedloop.clients import hive_connection
 
     conn = hive_connection(settings, settings.hive.database)
     try:
@@ -120,54 +121,3 @@ def feedloop_cli(*args: str, env: dict | None = None, timeout_s: float = 900) ->
     return run
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivateRedis:
-    """A throwaway redis-server on a fixed free port; can be stopped and restarted.
-
-    No persistence, unless ``appendonly``: then an AOF in ``workdir`` (without the RDB
-    preamble, so that loading a large one takes seconds) and DEBUG allowed from localhost.
-    """
-
-    def __init__(self, workdir: Path, password: str = "", appendonly: bool = False) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.password = password
-        self.appendonly = appendonly
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, wait: bool = True) -> redis.Redis:
-        """Start it; with ``wait``, return once it answers (after loading its AOF)."""
-        persistence = (["--appendonly", "yes", "--aof-use-rdb-preamble", "no", "--enable-debug-command", "local"]
-                       if self.appendonly else ["--appendonly", "no"])
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
-             "--dir", str(self.workdir), *(["--requirepass", self.password] if self.password else [])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, password=self.password or None, decode_responses=True)
-        if not wait:
-            return client
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.ping()
-                return client
-            except redis.ConnectionError:  # BusyLoadingError included
-                assert time.monotonic() < deadline, "private redis-server did not start"
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)  # in case a test left it stopped
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-    def pause(self) -> None:
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        os.kill(self.proc.pid, signal.SIGCONT)

@@ -17,11 +17,11 @@ import warnings
 import orjson
 import pytest
 
+from bench.private import PrivateRedis
 from feature_store import catalogue as catalogue_store
 from feature_store import online
 from feedloop.events import new_event
 from serving.app import create_app
-from tests.integration.conftest import PrivateRedis
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette asks for httpx2; httpx works

@@ -22,10 +22,10 @@ import pytest
 import redis
 import uvicorn
 
+from bench.private import PrivateRedis, free_port
 from feature_store import online
 from serving.app import create_app
 from serving.served_log import ServedLog
-from tests.integration.conftest import PrivateRedis, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-from feedloop.services import hive_connection, pyspark_home
+from feedloop.clients import hive_connection
+from infra.binaries import pyspark_home
 
 
 def _count_one(conn) -> int:

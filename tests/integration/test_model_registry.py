@@ -108,8 +108,9 @@ def test_a_retried_train_registers_no_second_version(retried_train):
 def test_a_gate_whose_hive_write_failed_is_retried_and_gates_its_version(retried_train):
     from thrift.transport.TTransport import TTransportException
 
+    from bench.private import free_port
     from models.train import CHAMPION, aliased_version, gate
-    from tests.integration.conftest import free_port, hive_query
+    from tests.integration.conftest import hive_query
 
     settings, (train, holdout, users, items), *_ = retried_train
     client = configure_mlflow(settings)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from feedloop import movielens
+from sources import movielens
 from tests.integration.conftest import hive_query, wait_stream_caught_up
 
 GENRES = ["unknown", "Action", "Comedy", "Drama"]

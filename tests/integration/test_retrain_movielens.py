@@ -10,8 +10,8 @@ import argparse
 
 import pytest
 
-from feedloop import movielens
 from feedloop.settings import REPO_ROOT
+from sources import movielens
 from tests.integration.conftest import hive_query
 from tests.integration.test_movielens_import import FIXTURE_ITEMS
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not (ML_100K / "u.data").is_file(), reason=f"{ML
 
 @pytest.fixture(scope="module")
 def movielens_dag(settings):
-    from feedloop.airflow_client import cmd_run_dag
+    from infra.airflow_client import cmd_run_dag
 
     assert movielens.main(argparse.Namespace(path=str(ML_100K), limit=0, to_hive=True)) == 0
     assert cmd_run_dag(argparse.Namespace(dag_id="feedloop_daily_retrain", ds=LAST_DAY, timeout=1500)) == 0

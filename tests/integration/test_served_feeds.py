@@ -10,7 +10,7 @@ import uuid
 def test_served_feed_records_reach_hive(settings):
     from kafka import KafkaProducer
 
-    from feedloop.services import hive_connection
+    from feedloop.clients import hive_connection
 
     feed_id = f"seg:F|25-34|comedy@{uuid.uuid4()}"
     record = {"feed_id": feed_id, "user_id": "u-served", "segment": "F|25-34|comedy", "source": "segment",

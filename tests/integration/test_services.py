@@ -12,7 +12,10 @@ from pathlib import Path
 
 import psutil
 
-from feedloop.services import BY_NAME, _setting, status_rows, supervisor
+from infra.health import setting_value
+from infra.registry import BY_NAME
+from infra.stack import status_rows
+from infra.supervision import supervisor
 
 
 def test_status_shows_every_service_healthy(settings):
@@ -43,7 +46,7 @@ def test_every_listening_socket_of_the_stack_is_on_the_bind_host(settings):
     listeners = stack_listeners(settings)
     ports = {port for _, port, _ in listeners}
     running = {p["name"] for p in supervisor(settings).getAllProcessInfo() if p["statename"] == "RUNNING"}
-    expected = {_setting(settings, setting) for service in BY_NAME.values() if service.name in running
+    expected = {setting_value(settings, setting) for service in BY_NAME.values() if service.name in running
                 for setting in [service.port_setting, *service.extra_ports] if setting}
     assert expected <= ports, f"the walk missed the services' own ports {sorted(expected - ports)}"
     assert len(ports) > len(expected)  # and it sees the ephemeral ones too (Spark, py4j)
@@ -121,7 +124,7 @@ def test_malformed_events_go_to_the_dlq_with_reason(settings):
 
 
 def _hive_has_event(settings, event_id: str, timeout_s: float = 120) -> bool:
-    from feedloop.services import hive_connection
+    from feedloop.clients import hive_connection
 
     cursor = hive_connection(settings, "feedloop").cursor()
     deadline = time.time() + timeout_s

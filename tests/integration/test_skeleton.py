@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from feedloop import simulator
+from sources import simulator
 from spark.partitions import partition_rows, wait_for_rows
 from tests.integration.conftest import feedloop_cli
 
@@ -23,13 +23,13 @@ def day_loaded(settings):
     """One simulated day of events, landed in Hive by the supervised streaming sink."""
     before = partition_rows(settings, "events", DS)
     simulator.main(argparse.Namespace(users=120, items=200, events=EVENTS, rate=0, duration=0, seed=11, ds=DS,
-                                      no_catalog=False))
+                                      no_catalogue=False))
     # the simulator may emit a few more events than asked (an action's impression/click/dwell)
     return wait_for_rows(settings, DS, before + EVENTS, timeout_s=600)
 
 
 def test_events_reach_hive_exactly_once(settings, day_loaded):
-    from feedloop.services import hive_connection
+    from feedloop.clients import hive_connection
 
     cursor = hive_connection(settings, "feedloop").cursor()
     cursor.execute(f"SELECT COUNT(*), COUNT(DISTINCT event_id) FROM events WHERE dt = '{DS}'")
@@ -38,7 +38,7 @@ def test_events_reach_hive_exactly_once(settings, day_loaded):
 
 
 def test_beeline_counts_the_same_as_pyhive(settings, day_loaded, tmp_path):
-    from feedloop.services import pyspark_home
+    from infra.binaries import pyspark_home
 
     beeline = pyspark_home() / "bin" / "beeline"
     password_file = tmp_path / "analyst_password"
@@ -55,7 +55,7 @@ def test_beeline_counts_the_same_as_pyhive(settings, day_loaded, tmp_path):
 
 @pytest.fixture(scope="module")
 def dag_run(settings, day_loaded):
-    from feedloop.airflow_client import cmd_run_dag
+    from infra.airflow_client import cmd_run_dag
 
     assert cmd_run_dag(argparse.Namespace(dag_id="feedloop_daily_retrain", ds=DS, timeout=1500)) == 0
     return DS
@@ -64,7 +64,7 @@ def dag_run(settings, day_loaded):
 def test_airflow_reports_a_successful_retrain(settings, dag_run):
     from datetime import date
 
-    from feedloop.airflow_client import run_state_for
+    from infra.airflow_client import run_state_for
 
     assert run_state_for(settings, "feedloop_daily_retrain", date.fromisoformat(DS)) == "success"
 
@@ -90,7 +90,7 @@ def test_feed_api_serves_a_feed_naming_the_champion(settings, dag_run):
 
 
 def _table_rows(settings, table: str) -> list:
-    from feedloop.services import hive_connection
+    from feedloop.clients import hive_connection
 
     cursor = hive_connection(settings, "feedloop").cursor()
     cursor.execute(f"SELECT * FROM {table} WHERE dt = '{DS}'")

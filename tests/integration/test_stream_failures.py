@@ -21,7 +21,7 @@ import uuid
 import pytest
 
 from feedloop.events import new_event
-from feedloop.services import supervisor
+from infra.supervision import supervisor
 from tests.integration.conftest import wait_stream_caught_up
 
 RUN = uuid.uuid4().hex[:8]  # this run's users: counts ignore what earlier runs left on a kept stack
@@ -76,7 +76,7 @@ class AckedProducer:
 
 def hive_counts(settings, ds: str) -> tuple[int, int]:
     """Rows and distinct event ids of this run's users on day ``ds`` (a kept test stack holds earlier runs')."""
-    from feedloop.services import hive_connection
+    from feedloop.clients import hive_connection
 
     cursor = hive_connection(settings, "feedloop").cursor()
     cursor.execute(f"SELECT COUNT(*), COUNT(DISTINCT event_id) FROM events WHERE dt = '{ds}' "

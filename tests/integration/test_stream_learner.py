@@ -26,12 +26,13 @@ import uuid
 import numpy as np
 import pytest
 
+from bench.private import PrivateRedis
 from feature_store import online
-from feedloop import simulator
+from feedloop.clients import make_producer
 from feedloop.events import new_event
-from feedloop.simulator import make_producer
+from sources import simulator
 from spark.partitions import partition_rows, wait_for_rows
-from tests.integration.conftest import PrivateRedis, feedloop_cli, hive_query
+from tests.integration.conftest import feedloop_cli, hive_query
 
 ROUNDS = 3
 # the day the champion fixture simulates and trains on when the session has no champion (not test_skeleton's)
@@ -145,7 +146,7 @@ def champion(settings):
     if champion is None:
         before = partition_rows(settings, "events", LEARNER_DS)
         simulator.main(argparse.Namespace(users=120, items=200, events=LEARNER_EVENTS, rate=0, duration=0, seed=11,
-                                          ds=LEARNER_DS, no_catalog=False))
+                                          ds=LEARNER_DS, no_catalogue=False))
         wait_for_rows(settings, LEARNER_DS, before + LEARNER_EVENTS, timeout_s=600)
         for step in ("features", "training-set"):
             feedloop_cli(step, "--ds", LEARNER_DS)
@@ -369,9 +370,9 @@ def test_a_state_behind_the_champion_is_reset_to_it_exactly_and_learning_stops(s
     """A backwards update the holdout bound lets through (floor 0); the next batches, scored before they are
     learned, find the online state behind the frozen champion: the judge resets it to the champion's weights
     (exactly), republishes its segments' feeds, stops learning (one reset allowed) and `feedloop status` alerts."""
+    from feedloop.progress import learner_progress
     from models.train import configure_mlflow
     from models.two_tower import TwoTower, load_registered
-    from spark.stream_learner import progress_summary
 
     judge = {"FEEDLOOP_MODEL__ONLINE_PREQUENTIAL_MARGIN": "0.02", "FEEDLOOP_MODEL__ONLINE_PREQUENTIAL_WINDOW": "3",
              "FEEDLOOP_MODEL__ONLINE_PREQUENTIAL_MIN_EVENTS": "10", "FEEDLOOP_MODEL__ONLINE_MAX_ROLLBACKS": "1",
@@ -396,7 +397,7 @@ def test_a_state_behind_the_champion_is_reset_to_it_exactly_and_learning_stops(s
     assert reset["reset"] and reset["halted"] and not reset["accepted"], (batches, out[-2000:])
     assert reset["prequential_shortfall"] > 0.02, reset
     assert reset["reason"].startswith("not learned: reset to champion"), reset
-    assert "ALERT stream-learner stopped learning: reset to champion" in progress_summary(settings)
+    assert "ALERT stream-learner stopped learning: reset to champion" in learner_progress(settings)
     # the state now is the champion's, weight for weight, published under the next version
     after = _pointer(settings)
     assert after["version"] == f"{champion.version}+online.{after['updates']}", after

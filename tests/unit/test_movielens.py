@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from feedloop import movielens as ml
 from feedloop.events import Rejection, validate
+from sources import movielens as ml
 
 # The real data set is never copied into the repo (its licence forbids it): read it where it lies.
 REAL_DATA = Path(os.environ.get("ML100K_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k")

@@ -106,22 +106,22 @@ def test_feedloop_status_alerts_when_the_learner_was_reset_or_stopped(tmp_path):
     import json
     import time
 
+    from feedloop.progress import learner_progress
     from feedloop.settings import Settings
-    from spark.stream_learner import progress_summary
 
     settings = Settings(var_dir=str(tmp_path))
     (tmp_path / "run").mkdir()
     progress = {"batch_id": 9, "updated_at": time.time(), "version": "7+online.4", "reason": "accepted",
                 "lag_s": 1.0, "alert": "", "halted": False}
     (tmp_path / "run" / "stream-learner.json").write_text(json.dumps(progress))
-    assert "ALERT" not in progress_summary(settings)
+    assert "ALERT" not in learner_progress(settings)
     progress.update(alert="reset to champion v7 (1 of 3 allowed): ...")
     (tmp_path / "run" / "stream-learner.json").write_text(json.dumps(progress))
-    assert progress_summary(settings).splitlines()[1] == \
+    assert learner_progress(settings).splitlines()[1] == \
         "ALERT stream-learner reset: reset to champion v7 (1 of 3 allowed): ..."
     progress.update(halted=True)
     (tmp_path / "run" / "stream-learner.json").write_text(json.dumps(progress))
-    assert "ALERT stream-learner stopped learning" in progress_summary(settings)
+    assert "ALERT stream-learner stopped learning" in learner_progress(settings)
 
 
 # -- the learner on a small trained champion ---------------------------------------------------------------------

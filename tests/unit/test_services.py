@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from feedloop import services
-from feedloop.airflow_env import airflow_commands
 from feedloop.settings import load_settings, mlflow_client_env
+from infra import binaries, commands, hive, mlflow_auth
+from infra.airflow_env import airflow_commands
+from infra.errors import ServiceError
+from infra.preflight import preflight
+from infra.registry import SERVICES
 
 
 def test_port_in_use_is_named_with_the_setting(monkeypatch, tmp_path):
@@ -18,17 +21,17 @@ def test_port_in_use_is_named_with_the_setting(monkeypatch, tmp_path):
         sock.listen()
         port = sock.getsockname()[1]
         monkeypatch.setenv("FEEDLOOP_REDIS__PORT", str(port))
-        with pytest.raises(services.ServiceError) as err:
-            services.preflight(load_settings(), ["redis"])
+        with pytest.raises(ServiceError) as err:
+            preflight(load_settings(), ["redis"])
     message = str(err.value)
     assert f"port {port} (redis.port)" in message and "FEEDLOOP_REDIS__PORT" in message
 
 
 def test_missing_java_is_named(monkeypatch):
     monkeypatch.delenv("JAVA_HOME", raising=False)
-    monkeypatch.setattr(services.shutil, "which", lambda name: None)
-    with pytest.raises(services.ServiceError, match="Java not found"):
-        services.java_bin()
+    monkeypatch.setattr(binaries.shutil, "which", lambda name: None)
+    with pytest.raises(ServiceError, match="Java not found"):
+        binaries.java_bin()
 
 
 def test_every_service_has_a_command(monkeypatch, tmp_path):
@@ -37,10 +40,10 @@ def test_every_service_has_a_command(monkeypatch, tmp_path):
     monkeypatch.setenv("FEEDLOOP_HIVE__PASSWORD", "platform-password")
     monkeypatch.setenv("FEEDLOOP_HIVE__ANALYST_PASSWORD", "analyst-password")
     settings = load_settings()
-    for svc in services.SERVICES:
+    for svc in SERVICES:
         if svc.name.startswith("airflow-") or svc.name == "kafka":
             continue  # need generated Airflow config / resolved jars; covered by integration tests
-        argv, env, _ = services.service_command(settings, svc.name)
+        argv, env, _ = commands.service_command(settings, svc.name)
         assert argv and argv[0]
 
 
@@ -51,9 +54,9 @@ def test_the_thrift_server_asks_every_client_for_a_login(monkeypatch, tmp_path):
     monkeypatch.setenv("FEEDLOOP_HIVE__PASSWORD", "platform-password")
     monkeypatch.setenv("FEEDLOOP_HIVE__ANALYST_PASSWORD", "analyst-password")
     settings = load_settings()
-    argv, env, _ = services.service_command(settings, "thriftserver")
+    argv, env, _ = commands.service_command(settings, "thriftserver")
     assert "hive.server2.authentication=CUSTOM" in argv
-    assert f"hive.server2.custom.authentication.class={services.HIVE_AUTH_CLASS}" in argv
+    assert f"hive.server2.custom.authentication.class={hive.HIVE_AUTH_CLASS}" in argv
     assert argv[argv.index("--driver-class-path") + 1] == str(settings.hive_auth_jar)
     text = Path(env["FEEDLOOP_HIVE_PASSWORD_FILE"]).read_text()
     assert "platform-password" not in text and "analyst-password" not in text
@@ -71,12 +74,12 @@ def test_the_thrift_server_asks_every_client_for_a_login(monkeypatch, tmp_path):
 def test_a_missing_hive_password_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
     monkeypatch.setenv("FEEDLOOP_HIVE__PASSWORD", "platform-password")
-    with pytest.raises(services.ServiceError, match="no password for Hive user 'analyst'"):
-        services.service_command(load_settings(), "thriftserver")
+    with pytest.raises(ServiceError, match="no password for Hive user 'analyst'"):
+        commands.service_command(load_settings(), "thriftserver")
 
 
 def test_ddl_files_are_idempotent():
-    for name, stmt in services.ddl_statements():
+    for name, stmt in hive.ddl_statements():
         assert "IF NOT EXISTS" in stmt.upper(), f"{name}: {stmt[:60]}"
 
 
@@ -86,9 +89,9 @@ def test_ddl_files_are_idempotent():
 def test_the_metastore_runs_the_launcher_bound_to_the_bind_host(monkeypatch, tmp_path):
     monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
     monkeypatch.setenv("FEEDLOOP_BIND_HOST", "10.1.2.3")
-    argv, _, _ = services.service_command(load_settings(), "metastore")
-    assert argv[-3:] == [str(services.METASTORE_LAUNCHER), "10.1.2.3", "9083"]
-    assert services.METASTORE_LAUNCHER.exists()
+    argv, _, _ = commands.service_command(load_settings(), "metastore")
+    assert argv[-3:] == [str(hive.METASTORE_LAUNCHER), "10.1.2.3", "9083"]
+    assert hive.METASTORE_LAUNCHER.exists()
 
 
 def test_the_metastore_without_a_jdk_is_named(monkeypatch, tmp_path):
@@ -96,9 +99,9 @@ def test_the_metastore_without_a_jdk_is_named(monkeypatch, tmp_path):
     jre = tmp_path / "jre" / "bin"
     jre.mkdir(parents=True)
     (jre / "java").touch()
-    monkeypatch.setattr(services, "java_bin", lambda: str(jre / "java"))
-    with pytest.raises(services.ServiceError, match="needs a JDK"):
-        services.service_command(load_settings(), "metastore")
+    monkeypatch.setattr(commands, "java_bin", lambda: str(jre / "java"))
+    with pytest.raises(ServiceError, match="needs a JDK"):
+        commands.service_command(load_settings(), "metastore")
 
 
 def test_spark_uis_bind_the_bind_host(monkeypatch, tmp_path):
@@ -106,12 +109,12 @@ def test_spark_uis_bind_the_bind_host(monkeypatch, tmp_path):
     monkeypatch.setenv("FEEDLOOP_BIND_HOST", "10.1.2.3")
     monkeypatch.setenv("FEEDLOOP_HIVE__PASSWORD", "platform-password")
     monkeypatch.setenv("FEEDLOOP_HIVE__ANALYST_PASSWORD", "analyst-password")
-    _, env, _ = services.service_command(load_settings(), "thriftserver")
+    _, env, _ = commands.service_command(load_settings(), "thriftserver")
     assert env["SPARK_LOCAL_IP"] == "10.1.2.3"  # the UI's bind address; spark.driver.bindAddress is not
 
 
 def test_airflow_tasks_bind_spark_uis_and_log_in_to_mlflow(monkeypatch, tmp_path):
-    from feedloop.airflow_env import airflow_env
+    from infra.airflow_env import airflow_env
 
     monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
     monkeypatch.setenv("FEEDLOOP_BIND_HOST", "10.1.2.3")
@@ -136,7 +139,7 @@ def test_airflow_starts_no_log_server():
 def test_mlflow_runs_the_basic_auth_app_with_the_configured_admin(monkeypatch, tmp_path):
     monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
     monkeypatch.setenv("FEEDLOOP_MLFLOW__ADMIN_PASSWORD", "s3cret-s3cret")
-    argv, env, _ = services.service_command(load_settings(), "mlflow")
+    argv, env, _ = commands.service_command(load_settings(), "mlflow")
     assert argv[argv.index("--app-name") + 1] == "basic-auth"
     assert (env["MLFLOW_AUTH_ADMIN_USERNAME"], env["MLFLOW_AUTH_ADMIN_PASSWORD"]) == ("admin", "s3cret-s3cret")
     assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] and "s3cret-s3cret" not in env["MLFLOW_FLASK_SERVER_SECRET_KEY"]
@@ -150,8 +153,8 @@ def test_mlflow_runs_the_basic_auth_app_with_the_configured_admin(monkeypatch, t
 def test_mlflow_without_a_usable_admin_password_names_the_setting(monkeypatch, tmp_path, password):
     monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
     monkeypatch.setenv("FEEDLOOP_MLFLOW__ADMIN_PASSWORD", password)
-    with pytest.raises(services.ServiceError, match="FEEDLOOP_MLFLOW__ADMIN_PASSWORD"):
-        services.service_command(load_settings(), "mlflow")
+    with pytest.raises(ServiceError, match="FEEDLOOP_MLFLOW__ADMIN_PASSWORD"):
+        commands.service_command(load_settings(), "mlflow")
 
 
 def test_asking_for_the_tracking_uri_gives_the_process_mlflows_login(monkeypatch, tmp_path):
@@ -176,11 +179,11 @@ def test_the_admin_password_in_mlflows_user_db_follows_the_setting(monkeypatch, 
     monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
     (tmp_path / "mlflow").mkdir()
     monkeypatch.setenv("FEEDLOOP_MLFLOW__ADMIN_PASSWORD", "the-old-password")
-    services.sync_mlflow_admin(load_settings())  # creates the user DB; no admin yet (MLflow adds it)
+    mlflow_auth.sync_mlflow_admin(load_settings())  # creates the user DB; no admin yet (MLflow adds it)
     store = SqlAlchemyStore()
     store.init_db(f"sqlite:///{tmp_path / 'mlflow' / 'basic_auth.db'}")
     store.create_user("admin", "the-old-password", is_admin=True)
     monkeypatch.setenv("FEEDLOOP_MLFLOW__ADMIN_PASSWORD", "the-new-password")
-    services.sync_mlflow_admin(load_settings())
+    mlflow_auth.sync_mlflow_admin(load_settings())
     assert store.authenticate_user("admin", "the-new-password")
     assert not store.authenticate_user("admin", "the-old-password")

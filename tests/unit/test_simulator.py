@@ -7,10 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from feedloop.events import EVENT_TYPES, Rejection, validate
-from feedloop.simulator import (
-    EVENT_MIX, INTEREST_WEIGHTS, PROMO_BOOST, FeedStats, Item, Promotion, Simulator, click_probability,
-    USER_COLUMNS, diurnal_multiplier, make_catalog, typed_values,
-)
+from sources.simulator import EVENT_MIX, FeedStats, INTEREST_WEIGHTS, Item, PROMO_BOOST, Promotion, Simulator, USER_COLUMNS, click_probability, diurnal_multiplier, make_catalogue, typed_values
 
 DS = "2026-11-18"  # a Wednesday
 NOW_MS = 1_795_000_000_000
@@ -22,13 +19,13 @@ def at(hour: int, day: int = 18, minute: int = 0) -> datetime:
 
 
 @pytest.fixture(scope="module")
-def catalog():
-    return make_catalog(200, 300, seed=3, now_ms=NOW_MS)
+def catalogue():
+    return make_catalogue(200, 300, seed=3, now_ms=NOW_MS)
 
 
 @pytest.fixture(scope="module")
-def day_events(catalog):
-    users, items = catalog
+def day_events(catalogue):
+    users, items = catalogue
     sim = Simulator(users, items, seed=3, ds=DS)
     events = []
     for _ in range(20_000):
@@ -44,8 +41,8 @@ def test_event_mix_matches_the_seed_system(day_events):
     assert {"impression", "click", "dwell"} <= {e["event_type"] for e in day_events}
 
 
-def test_every_generated_event_passes_the_validator(catalog, day_events):
-    users, items = catalog
+def test_every_generated_event_passes_the_validator(catalogue, day_events):
+    users, items = catalogue
     sim = Simulator(users, items, seed=4, promo_every_s=60, promo_duration_s=30, now_ms=NOW_MS)
     page = {"feed_id": "seg:F|25-34|comedy@1", "model_version": "3", "source": "segment",
             "items": [{"item_id": i.item_id, "score": 0.5, "position": n} for n, i in enumerate(items[:20])]}
@@ -81,8 +78,8 @@ def test_event_times_follow_the_day_curve(day_events):
     assert hours[20] > hours[13] > hours[3]
 
 
-def test_users_act_on_their_top_interest_most(catalog, day_events):
-    users, items = catalog
+def test_users_act_on_their_top_interest_most(catalogue, day_events):
+    users, items = catalogue
     by_user = {u.user_id: u for u in users}
     category = {i.item_id: i.category for i in items}
     rank_counts = Counter()
@@ -94,8 +91,8 @@ def test_users_act_on_their_top_interest_most(catalog, day_events):
     assert rank_counts[0] > rank_counts[1] > rank_counts[2] > rank_counts["other"] / 7 * 0.5
 
 
-def test_feed_clicks_and_dwell_follow_hidden_preferences(catalog):
-    users, items = catalog
+def test_feed_clicks_and_dwell_follow_hidden_preferences(catalogue):
+    users, items = catalogue
     sim = Simulator(users, items, seed=5)
     shown, clicked, dwell = Counter(), Counter(), {True: [], False: []}
     category = {i.item_id: i.category for i in items}
@@ -118,19 +115,19 @@ def test_feed_clicks_and_dwell_follow_hidden_preferences(catalog):
     assert sum(dwell[True]) / len(dwell[True]) > 20 * sum(dwell[False]) / len(dwell[False])
 
 
-def test_feed_events_are_attributed_to_the_served_feed(catalog):
-    users, items = catalog
+def test_feed_events_are_attributed_to_the_served_feed(catalogue):
+    users, items = catalogue
     sim = Simulator(users, items, seed=6)
     page = {"feed_id": "seg:M|18-24|drama@17", "model_version": "12", "source": "segment",
-            "items": [{"item_id": items[0].item_id, "position": 4}, {"item_id": "not-in-catalog", "position": 5}]}
+            "items": [{"item_id": items[0].item_id, "position": 4}, {"item_id": "not-in-catalogue", "position": 5}]}
     events = sim.feed_visit(users[1], page, ts=NOW_MS)
     impressions = [e for e in events if e["event_type"] == "impression"]
-    assert [(e["item_id"], e["position"]) for e in impressions] == [(items[0].item_id, 4), ("not-in-catalog", 5)]
+    assert [(e["item_id"], e["position"]) for e in impressions] == [(items[0].item_id, 4), ("not-in-catalogue", 5)]
     assert all(e["feed_id"] == "seg:M|18-24|drama@17" and e["model_version"] == "12" for e in events)
 
 
-def test_click_probability_falls_with_position_and_preference(catalog):
-    user = catalog[0][0]
+def test_click_probability_falls_with_position_and_preference(catalogue):
+    user = catalogue[0][0]
     top, other = user.interests[0], next(c for c in user.preference if c not in user.interests)
     assert click_probability(user, top, 0) == pytest.approx(0.5)
     assert click_probability(user, top, 5) == pytest.approx(0.25)
@@ -139,8 +136,8 @@ def test_click_probability_falls_with_position_and_preference(catalog):
     assert INTEREST_WEIGHTS[0] == max(user.preference.values())
 
 
-def test_ctr_of_preferred_feeds_beats_random_feeds(catalog):
-    users, items = catalog
+def test_ctr_of_preferred_feeds_beats_random_feeds(catalogue):
+    users, items = catalogue
     sim = Simulator(users, items, seed=7)
     good, random_feed = FeedStats(), FeedStats()
     for n, user in enumerate(users):
@@ -158,7 +155,7 @@ def test_ctr_of_preferred_feeds_beats_random_feeds(catalog):
 
 @pytest.mark.parametrize("kind", ["item", "category"])
 def test_promotion_runs_its_target_at_twenty_times(kind):
-    users, items = make_catalog(100, 20, seed=8, now_ms=NOW_MS)
+    users, items = make_catalogue(100, 20, seed=8, now_ms=NOW_MS)
     sim = Simulator(users, items, seed=8, now_ms=NOW_MS)
     target = items[0].item_id if kind == "item" else items[0].category
     promo = Promotion(kind, target, NOW_MS + 60_000, NOW_MS + 120_000)
@@ -184,8 +181,8 @@ def test_promotion_runs_its_target_at_twenty_times(kind):
     assert during_other / before_other == pytest.approx(1.0, rel=0.05)
 
 
-def test_promotions_are_scheduled_over_a_simulated_day(catalog):
-    users, items = catalog
+def test_promotions_are_scheduled_over_a_simulated_day(catalogue):
+    users, items = catalogue
     sim = Simulator(users, items, seed=9, ds=DS, promo_every_s=3600, promo_duration_s=600)
     day = datetime(2026, 11, 18, tzinfo=timezone.utc).timestamp() * 1000
     assert 8 <= len(sim.promotions) <= 40
@@ -212,7 +209,7 @@ def test_catalogue_values_reach_spark_unchanged_as_parameters():
 
 
 def test_drift_moves_users_to_a_released_trend_and_leaves_the_rest():
-    users, items = make_catalog(300, 200, seed=9, now_ms=NOW_MS)
+    users, items = make_catalogue(300, 200, seed=9, now_ms=NOW_MS)
     sim = Simulator(users, items, seed=9, now_ms=NOW_MS)
     adopters = [u for u in users if u.interests[0] == "comedy"]
     others = [u for u in users if u.interests[0] != "comedy"]

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from feedloop.clients import PRODUCERS, make_producer
 from feedloop.events import new_event
 from feedloop.settings import Settings, get_settings
 
@@ -46,6 +47,7 @@ CATEGORIES = (
     "comedy", "drama", "action", "sci-fi", "romance", "horror", "documentary", "animation", "thriller", "music",
 )
 KEYWORDS = ("new", "classic", "award", "family", "dark", "light", "epic", "indie", "remake", "series")
+DEMO_USERS, DEMO_ITEMS, DEMO_EVENTS = 200, 300, 5000  # the size of `feedloop demo`'s simulated day
 EVENT_MIX = (("view", 0.5), ("cart", 0.2), ("purchase", 0.1), ("like", 0.1), ("search", 0.1))
 MIX_KINDS, MIX_WEIGHTS = [k for k, _ in EVENT_MIX], [w for _, w in EVENT_MIX]
 ITEM_KINDS, ITEM_KIND_WEIGHTS = [k for k, _ in EVENT_MIX if k != "search"], [w for k, w in EVENT_MIX if k != "search"]
@@ -114,7 +116,7 @@ class Promotion:
         return (item.item_id if self.kind == "item" else item.category) == self.target
 
 
-def make_catalog(n_users: int, n_items: int, seed: int, now_ms: int | None = None) -> tuple[list[User], list[Item]]:
+def make_catalogue(n_users: int, n_items: int, seed: int, now_ms: int | None = None) -> tuple[list[User], list[Item]]:
     """Users and items for a seed (the same for the same seed and ``now_ms``)."""
     rng = random.Random(seed)
     now = now_ms if now_ms is not None else int(time.time() * 1000)
@@ -477,13 +479,13 @@ def overwrite_table(cursor, table: str, columns: str, rows: list[tuple]) -> None
         cursor.execute(f"DROP TABLE IF EXISTS {staging}")
 
 
-def write_catalog(settings: Settings, users: list[User], items: list[Item],
+def write_catalogue(settings: Settings, users: list[User], items: list[Item],
                   created_at: dict[str, int] | None = None) -> None:
     """INSERT OVERWRITE the users and items tables through HiveServer2.
 
     ``created_at`` maps user ids to their creation time (default: now for all).
     """
-    from feedloop.services import hive_connection
+    from feedloop.clients import hive_connection
 
     now = int(time.time() * 1000)
     created_at = created_at or {}
@@ -498,110 +500,10 @@ def write_catalog(settings: Settings, users: list[User], items: list[Item],
         conn.close()
 
 
-PRODUCERS = ("kafka-python", "confluent")
-
-
-class EventProducer:
-    """Idempotent (acks=all) producer of events keyed by user_id; counts what the broker refused.
-
-    ``kafka-python`` is the project's client; ``confluent`` (librdkafka) is faster.
-    Both partition keys with murmur2 like the Java client, so a user's events land
-    on the same partition whichever producer sent them.
-    """
-
-    def __init__(self, settings: Settings, backend: str = "kafka-python", client_id: str = "feedloop-simulator"):
-        if backend not in PRODUCERS:
-            raise ValueError(f"producer must be one of {', '.join(PRODUCERS)}, got {backend!r}")
-        import orjson
-
-        self._dumps = orjson.dumps
-        self.backend = backend
-        self.failed = 0
-        self.last_error: str | None = None
-        self._pending = 0
-        k = settings.kafka
-        self.timeout_s = k.request_timeout_ms / 1000 * 6
-        if backend == "kafka-python":
-            from kafka import KafkaProducer
-
-            self._producer = KafkaProducer(
-                bootstrap_servers=[s.strip() for s in k.bootstrap.split(",")],
-                client_id=client_id,
-                enable_idempotence=True,
-                acks="all",
-                linger_ms=20,
-                batch_size=512 * 1024,
-                metrics_enabled=False,  # its per-record sensors cost more CPU than the send itself
-                max_block_ms=k.request_timeout_ms,
-                request_timeout_ms=k.request_timeout_ms * 6,
-            )
-        else:
-            from confluent_kafka import Producer
-
-            self._producer = Producer({
-                "bootstrap.servers": k.bootstrap,
-                "client.id": client_id,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 20,
-                "batch.size": 1_000_000,
-                "batch.num.messages": 100_000,
-                "queue.buffering.max.messages": 1_000_000,
-                "queue.buffering.max.kbytes": 512 * 1024,
-                "compression.type": "lz4",
-                "partitioner": "murmur2_random",
-                "message.timeout.ms": k.request_timeout_ms * 6,
-            })
-
-    def _failed(self, exc) -> None:
-        self.failed += 1
-        self.last_error = str(exc)
-
-    def _delivered(self, err, msg) -> None:
-        if err is not None:
-            self._failed(err)
-
-    def send(self, topic: str, event: dict) -> None:
-        key, value = event["user_id"].encode(), self._dumps(event)
-        if self.backend == "kafka-python":
-            self._producer.send(topic, key=key, value=value).add_errback(self._failed)
-            return
-        while True:
-            try:
-                self._producer.produce(topic, value, key, on_delivery=self._delivered)
-                break
-            except BufferError:  # local queue full: let librdkafka deliver some first
-                self._producer.poll(0.05)
-        self._pending += 1
-        if self._pending >= 1000:
-            self._producer.poll(0)
-            self._pending = 0
-
-    def flush(self) -> None:
-        """Wait until every sent event is acknowledged or failed; raise if some were left undelivered."""
-        if self.backend == "kafka-python":
-            self._producer.flush(timeout=self.timeout_s)
-            return
-        left = self._producer.flush(self.timeout_s)
-        if left:
-            raise TimeoutError(f"{left} events not acknowledged by Kafka within {self.timeout_s:.0f}s")
-
-    def close(self) -> None:
-        if self.backend == "kafka-python":
-            self._producer.close(timeout=10)
-        else:
-            self._producer.flush(10)
-
-
-def make_producer(settings: Settings, backend: str = "kafka-python") -> EventProducer:
-    """An idempotent, acks=all event producer; fails fast when Kafka is down."""
-    return EventProducer(settings, backend)
-
-
 # -- the command ---------------------------------------------------------------
 OPTION_DEFAULTS = {
     "users": 200, "items": 300, "events": 5000, "rate": 0.0, "duration": 0.0, "seed": 7, "ds": None,
-    "no_catalog": False, "promo_every": 0.0, "promo_duration": PROMO_DURATION_S, "api": None,
+    "no_catalogue": False, "promo_every": 0.0, "promo_duration": PROMO_DURATION_S, "api": None,
     "feed_share": FEED_SHARE, "feed_limit": FEED_LIMIT, "producer": "confluent", "to_hive": False,
 }
 
@@ -643,13 +545,13 @@ class Pacer:
 def main(args) -> int:
     opts = _options(args)
     settings = get_settings()
-    users, items = make_catalog(opts["users"], opts["items"], opts["seed"])
-    if not opts["no_catalog"]:
-        write_catalog(settings, users, items)
-        print(f"catalog: {len(users)} users, {len(items)} items -> {settings.hive.database}.users/items", flush=True)
+    users, items = make_catalogue(opts["users"], opts["items"], opts["seed"])
+    if not opts["no_catalogue"]:
+        write_catalogue(settings, users, items)
+        print(f"catalogue: {len(users)} users, {len(items)} items -> {settings.hive.database}.users/items", flush=True)
     sim = Simulator(users, items, opts["seed"], opts["ds"], opts["promo_every"], opts["promo_duration"])
     if opts["to_hive"]:
-        from feedloop.backfill import HiveBackfill
+        from spark.backfill import HiveBackfill
 
         producer = HiveBackfill(settings, "simulate")
     else:

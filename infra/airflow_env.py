@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from feedloop.settings import REPO_ROOT, Settings, SettingsError, mlflow_client_env
-from feedloop.spark import spark_env
+from feedloop.sparkconf import spark_env
 
 AIRFLOW_DB = "airflow"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from feedloop.events import SCHEMA_VERSION
 from feedloop.settings import get_settings
-from feedloop.simulator import Item, User
+from sources.simulator import Item, User
 
 ENCODING = "latin-1"
 ID_PREFIX = "ml"
@@ -214,7 +214,8 @@ def load(path: str | Path, limit: int = 0) -> Dataset:
 
 
 def main(args) -> int:
-    from feedloop.simulator import make_producer, write_catalog
+    from feedloop.clients import make_producer
+    from sources.simulator import write_catalogue
 
     started = time.time()
     settings = get_settings()
@@ -225,12 +226,12 @@ def main(args) -> int:
         return 2
     print(f"import-movielens: read {len(data.users)} users, {len(data.items)} items, {len(data.ratings)} ratings "
           f"from {args.path}", flush=True)
-    write_catalog(settings, data.users, data.items, created_at=data.user_created_at)
-    print(f"  catalog: {len(data.users)} users, {len(data.items)} items -> {settings.hive.database}.users/items "
+    write_catalogue(settings, data.users, data.items, created_at=data.user_created_at)
+    print(f"  catalogue: {len(data.users)} users, {len(data.items)} items -> {settings.hive.database}.users/items "
           f"(replaced)", flush=True)
     to_hive = getattr(args, "to_hive", False)
     if to_hive:
-        from feedloop.backfill import HiveBackfill
+        from spark.backfill import HiveBackfill
 
         producer = HiveBackfill(settings, "import-movielens")
     else:

@@ -1,15 +1,15 @@
-"""The one way feedloop builds a SparkSession: master, metastore and jars from settings.
+"""The Spark configuration every feedloop process shares, derived from the settings.
 
-Every Spark process (batch jobs, the streaming sink, the thrift server) talks to
-the same Hive metastore over thrift, so what one writes the others see at once.
+Spark drivers (batch jobs, the streaming apps, the Thrift Server) and the Airflow
+tasks that submit them all read it here, so one setting changes them all. Building
+the SparkSession itself is :func:`feature_store.offline.get_spark`.
 """
 
 from __future__ import annotations
 
 import glob
-import os
 
-from feedloop.settings import Settings, get_settings
+from feedloop.settings import Settings
 
 
 def kafka_connector_jars(settings: Settings) -> list[str]:
@@ -52,17 +52,3 @@ def spark_env(settings: Settings) -> dict[str, str]:
     and block manager ports."""
     return {"SPARK_LOCAL_IP": settings.bind_host}
 
-
-def get_spark(app_name: str, with_kafka: bool = False, settings: Settings | None = None):
-    """A SparkSession wired to the shared metastore (imported lazily: pyspark is slow to load)."""
-    from pyspark.sql import SparkSession
-
-    settings = settings or get_settings()
-    os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
-    os.environ.update(spark_env(settings))  # read by the JVM that getOrCreate launches
-    builder = SparkSession.builder.enableHiveSupport()
-    for name, value in spark_conf(settings, app_name, with_kafka).items():
-        builder = builder.config(name, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
-    return spark

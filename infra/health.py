@@ -1,0 +1,85 @@
+"""Health checks: is a service answering on its port, its HTTP route, its protocol?"""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+from typing import Callable
+
+from feedloop.settings import Settings
+
+
+def setting_value(settings: Settings, dotted: str):
+    value = settings
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return 200 <= resp.status < 300
+    except (OSError, ValueError):
+        return False
+
+
+def redis_ok(settings: Settings) -> bool:
+    from feedloop.clients import redis_client
+
+    try:
+        return bool(redis_client(settings).ping())
+    except Exception:
+        return False
+
+
+def postgres_ok(settings: Settings) -> bool:
+    pg = settings.postgres
+    try:
+        import psycopg2
+
+        psycopg2.connect(host=pg.host, port=pg.port, user=pg.user, password=pg.password, dbname="postgres", connect_timeout=2).close()
+        return True
+    except Exception:
+        return False
+
+
+def tcp(setting: str) -> Callable[[Settings], bool]:
+    def check(settings: Settings) -> bool:
+        return port_open(settings.bind_host, setting_value(settings, setting))
+
+    return check
+
+
+def http(setting: str, path: str) -> Callable[[Settings], bool]:
+    def check(settings: Settings) -> bool:
+        return http_ok(f"http://{settings.bind_host}:{setting_value(settings, setting)}{path}")
+
+    return check
+
+
+def kafka_ok(settings: Settings) -> bool:
+    return port_open(settings.bind_host, settings.kafka.port)
+
+
+def running(name: str) -> Callable[[Settings], bool]:
+    def check(settings: Settings) -> bool:
+        from infra.supervision import supervisor  # supervision's config lists the services: import it late
+
+        try:
+            info = supervisor(settings).getProcessInfo(name)
+        except Exception:
+            return False
+        return info["statename"] == "RUNNING" and time.time() - info["start"] > 10
+
+    return check
+

@@ -1,0 +1,52 @@
+"""Before starting: directories, Java, ports taken by someone else."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from feedloop.settings import Settings
+from infra.binaries import java_bin
+from infra.errors import ServiceError
+from infra.health import port_open, setting_value
+from infra.registry import BY_NAME
+from infra.supervision import process_states
+
+
+def prepare_dirs(settings: Settings) -> None:
+    for sub in ("log", "run", "warehouse", "mlflow", "checkpoints"):
+        (settings.var / sub).mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.var / "run", 0o755)
+    pg_socket_dir = settings.var / "run" / "pg"
+    pg_socket_dir.mkdir(exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(pg_socket_dir, "postgres", "postgres")
+
+
+def _port_owner_hint(port: int) -> str:
+    try:
+        out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, timeout=3).stdout.strip()
+        return f" ({out.split('users:')[-1].strip()})" if "users:" in out else ""
+    except Exception:
+        return ""
+
+
+def preflight(settings: Settings, names: list[str]) -> None:
+    """Fail early, naming the problem: no Java, a port taken by someone else."""
+    java_bin()
+    state = process_states(settings)
+    for name in names:
+        svc = BY_NAME[name]
+        if state.get(name) == "RUNNING":
+            continue
+        for setting in [svc.port_setting, *svc.extra_ports]:
+            if not setting:
+                continue
+            port = setting_value(settings, setting)
+            if port_open(settings.bind_host, port):
+                env = "FEEDLOOP_" + setting.replace(".", "__").upper()
+                raise ServiceError(
+                    f"port {port} ({setting}) needed by {name} is already in use{_port_owner_hint(port)}; "
+                    f"stop that process or choose another port with {env}=<port>")
+

@@ -1,0 +1,163 @@
+"""`feedloop up`, `down` and `status`: the services in dependency waves, with health checks."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from feedloop.settings import Settings, generate_local_secrets, get_settings
+from infra.errors import ServiceError
+from infra.health import kafka_ok, postgres_ok
+from infra.hive import apply_ddl
+from infra.kafka_broker import create_topics, format_storage
+from infra.postgres_db import create_databases, init_cluster
+from infra.preflight import preflight, prepare_dirs
+from infra.registry import BY_NAME, SERVICES, Service
+from infra.supervision import process_states, start_supervisord, supervisor, supervisor_running
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log yet)"
+
+
+def _wait_healthy(settings: Settings, services: list[Service]) -> None:
+    pending = {s.name: s for s in services}
+    started = time.time()
+    while pending:
+        for name, svc in list(pending.items()):
+            if svc.health(settings):
+                print(f"  {name:<22} up   ({time.time() - started:5.1f}s)", flush=True)
+                del pending[name]
+                continue
+            info = supervisor(settings).getProcessInfo(name)
+            if info["statename"] in ("FATAL", "EXITED") or time.time() - started > svc.start_timeout_s:
+                raise ServiceError(
+                    f"{name} did not come up (state {info['statename']} after {time.time() - started:.0f}s); "
+                    f"read {svc.log(settings)}\n--- last lines ---\n{_tail(svc.log(settings))}")
+        time.sleep(0.5)
+
+
+def up(names: list[str] | None = None, settings: Settings | None = None) -> Settings:
+    """Start the named services (default all) and their waves' prerequisites; return settings."""
+    generate_local_secrets()
+    get_settings.cache_clear()
+    settings = settings or get_settings()
+    wanted = names or [s.name for s in SERVICES if not s.optional]
+    unknown = [n for n in wanted if n not in BY_NAME]
+    if unknown:
+        raise ServiceError(f"unknown service(s) {unknown}; known: {', '.join(BY_NAME)}")
+    prepare_dirs(settings)
+    preflight(settings, wanted)
+    init_cluster(settings)
+    format_storage(settings)
+    start_supervisord(settings)
+    rpc = supervisor(settings)
+    for wave in sorted({s.wave for s in SERVICES}):
+        batch = [s for s in SERVICES if s.wave == wave and s.name in wanted]
+        if wave == 2:
+            _after_wave1(settings)
+        states = process_states(settings)
+        if wave == 3 and any(s.name.startswith("airflow-") and states.get(s.name) != "RUNNING" for s in batch):
+            from infra.airflow_env import airflow_init
+
+            print("  migrating the Airflow database", flush=True)
+            airflow_init(settings)
+        for svc in batch:
+            if states.get(svc.name) != "RUNNING":
+                rpc.startProcess(svc.name, False)
+        _wait_healthy(settings, batch)
+        if wave == 2 and "thriftserver" in wanted:
+            apply_ddl(settings)
+    return settings
+
+
+def _after_wave1(settings: Settings) -> None:
+    """Databases and topics the later waves need, wherever Postgres and Kafka run."""
+    if postgres_ok(settings):
+        create_databases(settings)
+    if kafka_ok(settings):
+        create_topics(settings)
+
+
+def cmd_up(args) -> int:
+    started = time.time()
+    try:
+        settings = up(args.services or None)
+    except ServiceError as exc:
+        print(f"feedloop up: {exc}", file=sys.stderr)
+        return 1
+    print(f"feedloop up: {len(args.services or [s for s in SERVICES if not s.optional])} services healthy in {time.time() - started:.0f}s; logs in {settings.log_dir}")
+    return 0
+
+
+def down(settings: Settings | None = None) -> None:
+    """Stop every supervised process and supervisord itself; wait until they are gone."""
+    settings = settings or get_settings()
+    if not supervisor_running(settings):
+        return
+    pidfile = settings.var / "run" / "supervisord.pid"
+    pid = int(pidfile.read_text()) if pidfile.exists() else None
+    rpc = supervisor(settings)
+    try:
+        rpc.stopAllProcesses(True)
+    except Exception:
+        pass
+    try:
+        rpc.shutdown()
+    except Exception:
+        pass
+    deadline = time.time() + 60
+    while pid and time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            break
+        time.sleep(0.2)
+
+
+def cmd_down(args) -> int:
+    settings = get_settings()
+    was_running = supervisor_running(settings)
+    down(settings)
+    print("feedloop down: every feedloop process stopped" if was_running else "feedloop down: nothing was running")
+    return 0
+
+
+def status_rows(settings: Settings) -> list[dict]:
+    states = process_states(settings)
+    rows = []
+    for svc in SERVICES:
+        if svc.optional and states.get(svc.name, "STOPPED") == "STOPPED":
+            continue  # not asked for: not part of the stack's health
+        port = svc.port(settings)
+        healthy = svc.health(settings) if states.get(svc.name) == "RUNNING" else False
+        rows.append({"service": svc.name, "state": states.get(svc.name, "STOPPED"), "healthy": healthy,
+                     "address": f"{settings.bind_host}:{port}" if port else "-", "log": str(svc.log(settings))})
+    return rows
+
+
+def cmd_status(args) -> int:
+    settings = get_settings()
+    if not supervisor_running(settings):
+        print("feedloop status: not running (start with `make up`)")
+        return 3
+    rows = status_rows(settings)
+    print(f"{'service':<22} {'state':<9} {'health':<7} {'address':<18} log")
+    for r in rows:
+        print(f"{r['service']:<22} {r['state']:<9} {'ok' if r['healthy'] else 'DOWN':<7} {r['address']:<18} {r['log']}")
+    extra = stream_status(settings)
+    if extra:
+        print(extra)
+    return 0 if all(r["healthy"] for r in rows) else 1
+
+
+def stream_status(settings: Settings) -> str:
+    from feedloop.progress import events_progress, learner_progress
+
+    return "\n".join(line for line in (events_progress(settings), learner_progress(settings)) if line)
+
