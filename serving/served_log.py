@@ -26,6 +26,8 @@ from typing import Any
 
 import orjson
 
+from serving.kafka_producer import make_producer
+
 QUEUE_MAX_MESSAGES = 20_000
 QUEUE_MAX_KBYTES = 16_384
 MESSAGE_TIMEOUT_MS = 30_000
@@ -58,20 +60,11 @@ class ServedLog:
         return cls(settings.kafka.bootstrap, settings.kafka.served_topic)
 
     def _make_producer(self):
-        from confluent_kafka import Producer
-
-        return Producer({
-            "bootstrap.servers": self.bootstrap,
-            "client.id": "feedloop-api-served",
-            "enable.idempotence": True,
-            "acks": "all",
+        return make_producer(self.bootstrap, "feedloop-api-served", self._on_error, **{
             "linger.ms": LINGER_MS,
             "queue.buffering.max.messages": self.queue_max_messages,
             "queue.buffering.max.kbytes": QUEUE_MAX_KBYTES,
             "message.timeout.ms": self.message_timeout_ms,
-            "reconnect.backoff.max.ms": 1000,
-            "log_level": 2,  # connection errors come through error_cb instead, once per change
-            "error_cb": self._on_error,
         })
 
     def _drop(self, reason: str, count: int = 1) -> None:
