@@ -1,7 +1,10 @@
 """Prometheus metrics of the API, in the text format, written by hand.
 
-prometheus_client is not a dependency. With several workers each process reports
-its own numbers (scrape each, or sum them).
+prometheus_client is not a dependency (it is not in requirements.lock), so with
+several uvicorn workers each process reports its own numbers, and a scrape of
+``/metrics`` reaches whichever worker takes the connection. Issue 14 asks for
+prometheus_client's multiprocess mode once the package is locked; until then, run
+one worker where the counts must be exact (the default, ``api.workers: 1``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,12 @@ from collections.abc import Callable, Sequence
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 DURATION = "feedloop_api_request_duration_seconds"
 REQUESTS = "feedloop_api_requests_total"
+
+# Counters the routes increment: (name, help) for Metrics.inc(*COUNTER, amount, **labels).
+FEED_FALLBACKS = ("feedloop_api_feed_fallbacks_total", "User feed requests served from a fallback, by source.")
+REDIS_ERRORS = ("feedloop_api_redis_errors_total", "Redis calls that failed, by kind.")
+EVENTS = ("feedloop_api_events_total", "Events received, by outcome.")
+KAFKA_ERRORS = ("feedloop_api_kafka_errors_total", "Event batches Kafka did not acknowledge in time.")
 
 
 def _escape(value: str) -> str:
