@@ -37,7 +37,7 @@ from feedloop.settings import get_settings
 from serving import errors
 from serving.errors import ORJSONResponse
 from serving.kafka_producer import EventPublisher
-from serving.metrics import Metrics, TimingMiddleware
+from serving.metrics import Metrics, TimingMiddleware, use_multiproc_dir
 from serving.pages import MAX_OFFSET, decode_cursor, encode_cursor, take_page
 from serving.resp import AsyncRedis
 from serving.routes import events, feeds, health, items, metrics, users
@@ -78,7 +78,7 @@ def create_app(settings=None, *, served_log: ServedLog | None = None, redis_clie
         served=served,
         metrics=Metrics(),
     )
-    svc.metrics.add_collector(served.counters)
+    served.count_to(svc.metrics)
 
     app = FastAPI(title="feedloop feed API", version=feedloop.__version__, description=DESCRIPTION,
                   default_response_class=ORJSONResponse, lifespan=lifespan)
@@ -130,10 +130,12 @@ def app_from_settings() -> FastAPI:
 
 
 def main(args=None) -> int:
-    """``feedloop serve``: run the API on ``bind_host:api.port`` with ``api.workers`` processes."""
+    """``feedloop serve``: run the API on ``bind_host:api.port`` with ``api.workers`` processes,
+    their metrics summed at ``/metrics`` through ``<var>/prometheus/<port>`` (:mod:`serving.metrics`)."""
     import uvicorn
 
     settings = get_settings()
+    use_multiproc_dir(settings)  # before any worker starts: they inherit PROMETHEUS_MULTIPROC_DIR
     print(f"feed API on http://{settings.bind_host}:{settings.api.port} "
           f"({settings.api.workers} worker(s)); docs at /docs", flush=True)
     uvicorn.run(
