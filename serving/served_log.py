@@ -16,6 +16,12 @@ which a background thread sends. When Kafka is down the queue fills and new reco
 are dropped; records that wait longer than :data:`MESSAGE_TIMEOUT_MS` are dropped
 too. Every drop is counted (``feedloop_api_served_dropped_total`` by reason) and
 shown in ``/metrics``; a request is never slowed or failed by it.
+
+The counts are prometheus_client counters, incremented where each record is queued,
+acknowledged or dropped (:meth:`ServedLog.count_to`), so in multiprocess mode
+``/metrics`` sums them over the workers like the API's other counters
+(:mod:`serving.metrics`). The plain attributes ``queued``, ``delivered`` and ``dropped``
+count the same things for this process.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from typing import Any
 
 import orjson
 
+from serving.kafka_producer import make_producer
+
 QUEUE_MAX_MESSAGES = 20_000
 QUEUE_MAX_KBYTES = 16_384
 MESSAGE_TIMEOUT_MS = 30_000
@@ -33,7 +41,21 @@ LINGER_MS = 20
 FLUSH_TIMEOUT_S = 2.0
 POLL_EVERY = 64  # records between polls for delivery reports (each poll costs a call into librdkafka)
 
+QUEUED = ("feedloop_api_served_queued_total", "Served-feed records queued for Kafka.")
+DELIVERED = ("feedloop_api_served_delivered_total", "Served-feed records Kafka acknowledged.")
+DROPPED = ("feedloop_api_served_dropped_total", "Served-feed records dropped, by reason.")
+
 log = logging.getLogger("feedloop.served")
+
+
+class _Uncounted:
+    """Stands in for a counter until :meth:`ServedLog.count_to` is called."""
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def labels(self, *values: str) -> "_Uncounted":
+        return self
 
 
 class ServedLog:
@@ -52,30 +74,29 @@ class ServedLog:
         self.delivered = 0
         self.dropped: dict[str, int] = {}
         self.state = "unused"
+        self._queued_total = self._delivered_total = self._dropped_total = _Uncounted()
+
+    def count_to(self, metrics) -> None:
+        """Count queued, delivered and dropped records in ``metrics`` (a :class:`serving.metrics.Metrics`)."""
+        self._queued_total = metrics.counter(*QUEUED)
+        self._delivered_total = metrics.counter(*DELIVERED)
+        self._dropped_total = metrics.counter(*DROPPED, ("reason",))
 
     @classmethod
     def from_settings(cls, settings) -> "ServedLog":
         return cls(settings.kafka.bootstrap, settings.kafka.served_topic)
 
     def _make_producer(self):
-        from confluent_kafka import Producer
-
-        return Producer({
-            "bootstrap.servers": self.bootstrap,
-            "client.id": "feedloop-api-served",
-            "enable.idempotence": True,
-            "acks": "all",
+        return make_producer(self.bootstrap, "feedloop-api-served", self._on_error, **{
             "linger.ms": LINGER_MS,
             "queue.buffering.max.messages": self.queue_max_messages,
             "queue.buffering.max.kbytes": QUEUE_MAX_KBYTES,
             "message.timeout.ms": self.message_timeout_ms,
-            "reconnect.backoff.max.ms": 1000,
-            "log_level": 2,  # connection errors come through error_cb instead, once per change
-            "error_cb": self._on_error,
         })
 
     def _drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
+        self._dropped_total.labels(reason).inc(count)
 
     def _on_error(self, error) -> None:
         if self.state != "unavailable":
@@ -85,6 +106,7 @@ class ServedLog:
     def _on_delivery(self, error, message) -> None:
         if error is None:
             self.delivered += 1
+            self._delivered_total.inc()
             if self.state != "ok":
                 self.state = "ok"
         else:
@@ -102,6 +124,7 @@ class ServedLog:
             producer.produce(self.topic, orjson.dumps(record), key.encode("utf-8") if key else None,
                              on_delivery=self._on_delivery)
             self.queued += 1
+            self._queued_total.inc()
         except BufferError:
             self._drop("queue_full")
         except Exception:  # a bad config or a closed producer must not fail the request
@@ -113,17 +136,10 @@ class ServedLog:
             self._since_poll = 0
             producer.poll(0)  # serve delivery reports and errors; never waits
 
-    def counters(self) -> list[tuple[str, str, dict[str, str], float]]:
-        """For /metrics (serves pending delivery reports first)."""
+    def poll(self) -> None:
+        """Serve pending delivery reports (their counts), e.g. before ``/metrics`` renders."""
         if self._producer is not None:
             self._producer.poll(0)
-        rows = [
-            ("feedloop_api_served_queued_total", "Served-feed records queued for Kafka.", {}, self.queued),
-            ("feedloop_api_served_delivered_total", "Served-feed records Kafka acknowledged.", {}, self.delivered),
-        ]
-        rows += [("feedloop_api_served_dropped_total", "Served-feed records dropped, by reason.", {"reason": r}, n)
-                 for r, n in sorted(self.dropped.items())]
-        return rows
 
     def close(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
         """Send what is queued, waiting at most ``timeout_s``; what is left is counted as dropped."""

@@ -5,14 +5,13 @@ scripts follow a feed pointer the way :func:`online.read_feed` does
 (``<pointer>@<publication>`` in the same script call), so a reader never sees half a
 publication.
 
-A circuit breaker keeps a dead or hung Redis from costing every request its own
-timeout: after a connection error or timeout, calls fail at once for
-``cooldown_s``, then the next call tries again, so the API recovers by itself.
+A circuit breaker (:class:`serving.breaker.Breaker`) keeps a dead or hung Redis from
+costing every request its own timeout: after a connection error or timeout, calls fail
+at once for ``cooldown_s``, then the next call tries again, so the API recovers by itself.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ import orjson
 import redis.exceptions as rex
 
 from feature_store import online
+from serving.breaker import Breaker
 from serving.resp import AsyncRedis, Script
 
 COOLDOWN_S = 0.5
@@ -64,18 +64,15 @@ class FeedStore:
 
     def __init__(self, client: AsyncRedis, cooldown_s: float = COOLDOWN_S) -> None:
         self.client = client
-        self.cooldown_s = cooldown_s
-        self._failed_until = 0.0
+        self.breaker = Breaker(cooldown_s)
 
     async def _call(self, fn, *args):
-        if self._failed_until:
-            if time.monotonic() < self._failed_until:
-                raise RedisUnavailable(f"Redis failed less than {self.cooldown_s:g}s ago; retrying after that")
-            self._failed_until = 0.0
+        if self.breaker.is_open():
+            raise RedisUnavailable(f"Redis failed less than {self.breaker.cooldown_s:g}s ago; retrying after that")
         try:
             return await fn(*args)
         except (rex.ConnectionError, rex.TimeoutError):
-            self._failed_until = time.monotonic() + self.cooldown_s
+            self.breaker.trip()
             raise
 
     async def user_view(self, user_id: str) -> tuple[str | None, frozenset[str], dict[str, Any] | None]:

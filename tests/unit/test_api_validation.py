@@ -349,3 +349,34 @@ def test_the_documented_event_schema_names_every_field_and_admits_what_the_valid
         assert not isinstance(validate_dict(bad), dict), bad
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, EVENT_SCHEMA)
+
+
+# -- the one circuit breaker, on both dependencies --------------------------------------
+
+
+def test_breaker_opens_on_a_failure_and_closes_after_the_cooldown():
+    from serving.breaker import Breaker
+
+    breaker = Breaker(cooldown_s=0.05)
+    assert not breaker.is_open()
+    breaker.trip()
+    assert breaker.is_open()
+    time.sleep(0.06)
+    assert not breaker.is_open()
+
+
+def test_unreachable_kafka_is_unavailable_in_time_then_the_breaker_answers_at_once():
+    from serving.kafka_producer import EventPublisher, KafkaUnavailable
+
+    publisher = EventPublisher(f"127.0.0.1:{CLOSED_PORT}", "feedback.events", timeout_ms=300, cooldown_s=30)
+    assert publisher.state == "unused"
+    started = time.monotonic()
+    with pytest.raises(KafkaUnavailable) as first:
+        publisher.publish([_event()])
+    assert time.monotonic() - started < 2
+    assert "less than" not in str(first.value) and publisher.state == "unavailable"
+    started = time.monotonic()
+    with pytest.raises(KafkaUnavailable, match="failed less than 30s ago"):
+        publisher.publish([_event()])
+    assert time.monotonic() - started < 0.1
+    publisher.close()
