@@ -6,7 +6,7 @@ Runs against the running dev stack (`make up`, a champion: `make demo`), for
 * a load thread sends the simulator's events to Kafka at ``--rate`` events/s
   (idempotent, acks=all; the simulator's ``EventProducer``), with feed-following
   clicks: ``--visits-per-s`` of the actions are users reading their feed through
-  the API and clicking by their hidden preferences (``feedloop.simulator``), the
+  the API and clicking by their hidden preferences (``sources.simulator``), the
   rest are organic actions. Every event carries ``chaos_run = <run id>``, a field
   outside schema v1 that the sink keeps in ``events.extra``, so the end count
   selects exactly the soak's events. An event whose delivery fails (Kafka down
@@ -26,11 +26,11 @@ Runs against the running dev stack (`make up`, a champion: `make demo`), for
   leader), plus any descendant that left the group, after checking on its
   command line that it is the service. The outage is the time from the kill
   until the supervisor shows a new pid RUNNING and the service's health check in
-  ``feedloop.services`` passes; for the two streaming apps, whose health check is
+  ``infra.health`` passes; for the two streaming apps, whose health check is
   only "RUNNING for 10 s", the time to their first batch after the kill
   (their progress file) is reported too;
 * at the first kill the daily retrain DAG is triggered (``--dag-ds``, default
-  today, through ``feedloop.airflow_client``) and followed; it must succeed.
+  today, through ``infra.airflow_client``) and followed; it must succeed.
 
 At the end the load stops, every event is acknowledged (bounded), the bench
 waits (bounded, ``--catchup-timeout``, with progress) until the sink's consumer
@@ -238,7 +238,7 @@ def read_feeds(base_url: str, users: list[str], per_s: float, seed: int, stop, o
 # -- the load ------------------------------------------------------------------------
 def tagged_producer(settings):
     """The simulator's confluent producer, counting acknowledgements and keeping failed events to resend."""
-    from feedloop.simulator import EventProducer
+    from feedloop.clients import EventProducer
 
     class TaggedProducer(EventProducer):
         def __init__(self):
@@ -289,18 +289,18 @@ class Visitor(threading.Thread):
 
     def __init__(self, settings, sim, per_s: float, out: queue.Queue, stop: threading.Event):
         super().__init__(daemon=True, name="visitor")
-        from feedloop.simulator import FeedStats
+        from sources.simulator import FeedStats
 
         self.sim, self.per_s, self.out, self.stop_event = sim, per_s, out, stop
         self.feeds = FeedStats()
         self.opts = {"api": f"http://{settings.bind_host}:{settings.api.port}", "feed_limit": 10}
 
     def run(self) -> None:
-        from feedloop.simulator import _visit
+        from sources.simulator import visit
 
         next_at = time.monotonic()
         while not self.stop_event.is_set():
-            self.out.put(_visit(self.sim, self.opts, self.feeds))  # an organic action when the API fails
+            self.out.put(visit(self.sim, self.opts, self.feeds))  # an organic action when the API fails
             next_at = max(next_at + 1 / self.per_s, time.monotonic() - 1)
             self.stop_event.wait(max(0.0, next_at - time.monotonic()))
 
@@ -310,11 +310,11 @@ class Load(threading.Thread):
 
     def __init__(self, settings, run_id: str, rate: float, visits_per_s: float, seed: int):
         super().__init__(daemon=True, name="load")
-        from feedloop.demo import DEMO_ITEMS, DEMO_USERS
-        from feedloop.simulator import Simulator, make_catalog
+        from sources.simulator import DEMO_ITEMS, DEMO_USERS
+        from sources.simulator import Simulator, make_catalogue
 
         self.settings, self.run_id, self.rate = settings, run_id, rate
-        users, items = make_catalog(DEMO_USERS, DEMO_ITEMS, 7)  # the demo's catalogue (same seed, same ids)
+        users, items = make_catalogue(DEMO_USERS, DEMO_ITEMS, 7)  # the demo's catalogue (same seed, same ids)
         self.user_ids = [u.user_id for u in users]
         self.sim = Simulator(users, items, seed)
         self.stop_event = threading.Event()
@@ -329,7 +329,7 @@ class Load(threading.Thread):
 
     @property
     def feeds(self):
-        from feedloop.simulator import FeedStats
+        from sources.simulator import FeedStats
 
         return self.visitor.feeds if self.visitor else FeedStats()
 
@@ -351,7 +351,7 @@ class Load(threading.Thread):
             sent += len(events)
 
     def run(self) -> None:
-        from feedloop.simulator import Pacer
+        from sources.simulator import Pacer
 
         pacer = Pacer(self.rate)
         if self.visitor:
@@ -440,7 +440,7 @@ class Outage:
         self.done = not kill.get("killed")
 
     def check(self, settings, rpc) -> None:
-        from feedloop.services import BY_NAME
+        from infra.registry import BY_NAME
 
         kill, name = self.kill, self.kill["component"]
         now = time.time()
@@ -481,7 +481,7 @@ class DagWatch(threading.Thread):
     def run(self) -> None:
         from datetime import date
 
-        from feedloop.airflow_client import AirflowApiError, AirflowClient, start_run, wait_for_dag
+        from infra.airflow_client import AirflowApiError, AirflowClient, start_run, wait_for_dag
 
         self.started = time.time()
         try:
@@ -519,7 +519,7 @@ def days_between(min_ts: int, max_ts: int) -> list[str]:
 
 def count_in_hive(settings, run_id: str, days: list[str]) -> tuple[int, int]:
     """(rows, distinct event ids) of the soak's events in Hive."""
-    from feedloop.services import hive_connection
+    from feedloop.clients import hive_connection
 
     conn = hive_connection(settings, settings.hive.database)
     try:
@@ -660,8 +660,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from bench.freshness import ensure_learner
-    from feedloop.services import status_rows, supervisor, supervisor_running
     from feedloop.settings import get_settings
+    from infra.stack import status_rows
+    from infra.supervision import supervisor, supervisor_running
 
     settings = get_settings()
     if not supervisor_running(settings):

@@ -28,7 +28,6 @@ import json
 import os
 import random
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -37,10 +36,10 @@ import time
 from multiprocessing import get_context
 from pathlib import Path
 
+from bench.private import Private, free_port
 from feature_store import online
 from feature_store.catalogue import write_catalogue
 from feature_store.segments import fallbacks, segment_of
-from feedloop.settings import REPO_ROOT
 from sources.simulator import make_catalogue
 
 FEED_PATH = "/v1/feeds/users/{user_id}?limit=20"
@@ -58,12 +57,6 @@ def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def floor_app():
     """The framework floor: FastAPI with one ``async`` JSON endpoint and nothing else."""
     from fastapi import FastAPI
@@ -78,34 +71,6 @@ def floor_app():
 
 
 # -- private processes --------------------------------------------------------
-
-
-class Private:
-    """A child process in its own process group, stopped (group and all) on exit."""
-
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
-        out = open(log_path, "wb") if log_path else subprocess.DEVNULL
-        self.log_path = log_path
-        self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                     cwd=REPO_ROOT)
-        if log_path:
-            out.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def __enter__(self) -> "Private":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def cpu_seconds(pid: int) -> float:

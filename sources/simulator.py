@@ -566,7 +566,7 @@ def main(args) -> int:
     try:
         while (target is None or sent < target) and (deadline is None or time.time() < deadline):
             if feeds is not None and sim.rng.random() < opts["feed_share"]:
-                events = _visit(sim, opts, feeds)
+                events = visit(sim, opts, feeds)
             else:
                 events = sim.events_for_action()
             for event in events:
@@ -605,7 +605,7 @@ def main(args) -> int:
     return 1 if producer.failed else 0
 
 
-def _visit(sim: Simulator, opts: dict[str, Any], stats: FeedStats) -> list[dict]:
+def visit(sim: Simulator, opts: dict[str, Any], stats: FeedStats) -> list[dict]:
     """One user visiting their feed through the API; falls back to an organic action if the API fails."""
     user = sim.pick_user()
     try:
