@@ -18,17 +18,23 @@ class LoginRefused(RuntimeError):
     """HiveServer2 refused the login; the message names the user and the settings to check."""
 
 
+def hive_password(settings: Settings, user: str) -> str:
+    """The (secret) password of one of the HiveServer2 accounts: the platform's own or the analysts'."""
+    password = {settings.hive.user: settings.hive.password, settings.hive.analyst_user: settings.hive.analyst_password}[user]
+    if not password:
+        raise LoginRefused(f"no password for Hive user {user!r}: set FEEDLOOP_HIVE__PASSWORD / "
+                           "FEEDLOOP_HIVE__ANALYST_PASSWORD or let `feedloop up` generate var/secrets/hive__*")
+    return password
+
+
 def hive_connection(settings: Settings, database: str = "default", user: str | None = None, password: str | None = None):
     """A PyHive connection to HiveServer2, logged in as the platform's account unless told otherwise."""
     from pyhive import hive
 
     user = user or settings.hive.user
     if password is None:
-        known = {settings.hive.user: settings.hive.password, settings.hive.analyst_user: settings.hive.analyst_password}
-        password = known.get(user, "")
-        if user in known and not password:
-            raise LoginRefused(f"no password for Hive user {user!r}: set FEEDLOOP_HIVE__PASSWORD / "
-                               "FEEDLOOP_HIVE__ANALYST_PASSWORD or let `feedloop up` generate var/secrets/hive__*")
+        known = (settings.hive.user, settings.hive.analyst_user)
+        password = hive_password(settings, user) if user in known else ""
     try:
         return hive.Connection(host=settings.hive.hs2_host, port=settings.hive.hs2_port, database=database,
                                auth="CUSTOM", username=user, password=password)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from feedloop import clients
 from feedloop.clients import hive_connection
 from feedloop.settings import REPO_ROOT, Settings, get_settings
 from infra.errors import ServiceError
@@ -47,13 +48,11 @@ HIVE_PBKDF2_ITERATIONS = 100_000  # ~40 ms per login in the JVM; logins are per 
 
 
 def hive_logins(settings: Settings) -> dict[str, str]:
-    """The HiveServer2 accounts: the platform's own and the analysts'; passwords are secrets."""
-    logins = {settings.hive.user: settings.hive.password, settings.hive.analyst_user: settings.hive.analyst_password}
-    for user, password in logins.items():
-        if not password:
-            raise ServiceError(f"no password for Hive user {user!r}: set FEEDLOOP_HIVE__PASSWORD / "
-                               "FEEDLOOP_HIVE__ANALYST_PASSWORD or let `feedloop up` generate var/secrets/hive__*")
-    return logins
+    """The accounts the password file lists, with their passwords (:func:`feedloop.clients.hive_password`)."""
+    try:
+        return {user: clients.hive_password(settings, user) for user in (settings.hive.user, settings.hive.analyst_user)}
+    except clients.LoginRefused as exc:
+        raise ServiceError(str(exc)) from None
 
 
 def write_hive_password_file(settings: Settings) -> Path:
