@@ -81,6 +81,13 @@ def user_recent_key(user_id: str) -> str:
     return key("user", user_id, "recent")
 
 
+def user_view_keys(user_id: str) -> tuple[str, str, str]:
+    """The user's profile, recent-items and own-feed keys (the API's read of every user feed),
+    the id escaped once rather than three times: the same keys as the three functions give."""
+    user = _escape(str(user_id))
+    return (f"{PREFIX}:user:{user}:profile", f"{PREFIX}:user:{user}:recent", f"{PREFIX}:feed:user:{user}")
+
+
 def user_stats_key(user_id: str) -> str:
     """Hash of per-user counters by event type; TTL 5 minutes."""
     return key("user", user_id, "stats")

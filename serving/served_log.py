@@ -17,8 +17,10 @@ are dropped; records that wait longer than :data:`MESSAGE_TIMEOUT_MS` are droppe
 too. Every drop is counted (``feedloop_api_served_dropped_total`` by reason) and
 shown in ``/metrics``; a request is never slowed or failed by it.
 
-The counts are prometheus_client counters, incremented where each record is queued,
-acknowledged or dropped (:meth:`ServedLog.count_to`), so in multiprocess mode
+The counts are prometheus_client counters, incremented where each record is
+acknowledged or dropped, and for queued records at each poll (every :data:`POLL_EVERY`
+records, and before ``/metrics`` renders): a counter increment per served page cost
+about a microsecond, ~1% of a feed request (docs/serving.md). So in multiprocess mode
 ``/metrics`` sums them over the workers like the API's other counters
 (:mod:`serving.metrics`). The plain attributes ``queued``, ``delivered`` and ``dropped``
 count the same things for this process.
@@ -71,6 +73,7 @@ class ServedLog:
         self._lock = threading.Lock()
         self._since_poll = 0
         self.queued = 0
+        self._queued_counted = 0  # of ``queued``, what the counter has been given
         self.delivered = 0
         self.dropped: dict[str, int] = {}
         self.state = "unused"
@@ -124,7 +127,6 @@ class ServedLog:
             producer.produce(self.topic, orjson.dumps(record), key.encode("utf-8") if key else None,
                              on_delivery=self._on_delivery)
             self.queued += 1
-            self._queued_total.inc()
         except BufferError:
             self._drop("queue_full")
         except Exception:  # a bad config or a closed producer must not fail the request
@@ -132,17 +134,22 @@ class ServedLog:
             if self.dropped["error"] == 1:  # once: /metrics counts the rest
                 log.exception("served-feed log: cannot queue a record")
         self._since_poll += 1
-        if producer is not None and self._since_poll >= POLL_EVERY:
-            self._since_poll = 0
-            producer.poll(0)  # serve delivery reports and errors; never waits
+        if self._since_poll >= POLL_EVERY:
+            self.poll()
 
     def poll(self) -> None:
-        """Serve pending delivery reports (their counts), e.g. before ``/metrics`` renders."""
+        """Count the records queued since the last poll and serve pending delivery reports
+        (their counts); called every :data:`POLL_EVERY` records and before ``/metrics`` renders."""
+        self._since_poll = 0
+        if self.queued > self._queued_counted:
+            self._queued_total.inc(self.queued - self._queued_counted)
+            self._queued_counted = self.queued
         if self._producer is not None:
-            self._producer.poll(0)
+            self._producer.poll(0)  # never waits
 
     def close(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
         """Send what is queued, waiting at most ``timeout_s``; what is left is counted as dropped."""
+        self.poll()
         producer, self._producer = self._producer, None
         if producer is None:
             return

@@ -77,7 +77,7 @@ class FeedStore:
 
     async def user_view(self, user_id: str) -> tuple[str | None, frozenset[str], dict[str, Any] | None]:
         """The user's segment, recently seen items and own current feed, in one round trip."""
-        keys = (online.user_profile_key(user_id), online.user_recent_key(user_id), online.feed_key("user", user_id))
+        keys = online.user_view_keys(user_id)
         segment, recent, raw = await self._call(self.client.evalsha, _USER_VIEW, keys, (MAX_RECENT,))
         return segment, frozenset(recent.split(SEPARATOR)) if recent else frozenset(), _feed(raw)
 
