@@ -23,7 +23,7 @@ status: ## health of every service
 	@$(FEEDLOOP) status
 
 demo: install ## install, start everything, run the walking skeleton once, print where to look
-	@$(FEEDLOOP) demo
+	@$(FEEDLOOP) demo $(ARGS)
 
 test: install ## install, then unit tests and integration tests against real services
 	@$(PYTEST) tests/unit -q

@@ -7,11 +7,14 @@ its module lazily, so `feedloop status` never pays for TensorFlow or pyspark.
 from __future__ import annotations
 
 import argparse
+import base64
 import importlib
 import json
 import sys
 import time
 import traceback
+import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import datetime, timezone
 
@@ -80,6 +83,15 @@ def _retention(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-days", type=int, default=400)
 
 
+def _demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--retrain", action="store_true",
+                        help="run the whole loop with the retrain DAG even when a champion exists")
+    parser.add_argument("--events", type=int, default=None,
+                        help=f"events to simulate (default {DEMO_EVENTS} with a retrain, {WARM_EVENTS} without)")
+    parser.add_argument("--no-learner", action="store_true",
+                        help="leave the online learner stopped (it holds a Spark JVM and TensorFlow, ~1.5 GB)")
+
+
 def _none(parser: argparse.ArgumentParser) -> None:
     pass
 
@@ -87,26 +99,53 @@ def _none(parser: argparse.ArgumentParser) -> None:
 # -- feedloop demo --------------------------------------------------------------
 
 
+DEMO_EVENTS = 5000  # a day for the first retrain
+WARM_EVENTS = 500  # a burst to watch arrive when a champion already serves
+
+
 def fetch_json(url: str, timeout: float = 5.0) -> dict:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read())
 
 
-def run_skeleton(settings, ds: str, events: int = 5000) -> dict:
-    """Simulate a day, wait for Hive, run the retrain DAG, read a feed. Returns what it saw."""
-    from infra.airflow_client import cmd_run_dag
+def champion_version(settings) -> str | None:
+    """The registered model's ``champion`` version, None when there is none (MLflow's REST API, logged in)."""
+    query = urllib.parse.urlencode({"name": settings.mlflow.model_name, "alias": "champion"})
+    uri = settings.mlflow.tracking_uri or f"http://{settings.bind_host}:{settings.mlflow.port}"
+    request = urllib.request.Request(f"{uri}/api/2.0/mlflow/registered-models/alias?{query}")
+    login = f"{settings.mlflow.admin_user}:{settings.mlflow.admin_password}".encode()
+    request.add_header("Authorization", "Basic " + base64.b64encode(login).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return str(json.loads(resp.read())["model_version"]["version"])
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:  # no such model, or no champion alias yet
+            return None
+        raise
+
+
+def simulate_and_land(settings, ds: str, events: int, steps: str, catalogue: bool) -> int:
+    """Simulate ``events`` for ``ds`` into Kafka and wait until the sink has them in Hive; the row count."""
     from sources import simulator
     from sources.simulator import DEMO_ITEMS, DEMO_USERS
     from spark.partitions import partition_rows, wait_for_rows
 
     before = partition_rows(settings, "events", ds)
-    print(f"[1/5] simulating {events} events for {ds} into Kafka", flush=True)
+    print(f"[1/{steps}] simulating {events} events for {ds} into Kafka", flush=True)
     sim_args = argparse.Namespace(users=DEMO_USERS, items=DEMO_ITEMS, events=events, rate=0, duration=0,
-                                  seed=7, ds=ds, no_catalogue=False)
+                                  seed=7, ds=ds, no_catalogue=not catalogue)
     simulator.main(sim_args)
-    print("[2/5] waiting for the streaming sink to land them in Hive", flush=True)
-    rows = wait_for_rows(settings, ds, before + events)
-    print(f"      feedloop.events dt={ds}: {rows} rows", flush=True)
+    print(f"[2/{steps}] waiting for the streaming sink to land them in Hive", flush=True)
+    rows = wait_for_rows(settings, ds, before + events, poll_s=2 if not catalogue else 5)
+    print(f"      feedloop.events dt={ds}: {rows} rows ({rows - before} new)", flush=True)
+    return rows
+
+
+def run_skeleton(settings, ds: str, events: int = DEMO_EVENTS) -> dict:
+    """Simulate a day, wait for Hive, run the retrain DAG, read a feed. Returns what it saw."""
+    from infra.airflow_client import cmd_run_dag
+
+    rows = simulate_and_land(settings, ds, events, "5", catalogue=True)
     print("[3/5] running feedloop_daily_retrain through Airflow", flush=True)
     if cmd_run_dag(argparse.Namespace(dag_id="feedloop_daily_retrain", ds=ds, timeout=1800)) != 0:
         raise SystemExit(f"the DAG run failed; see {settings.log_dir / 'airflow'}")
@@ -115,12 +154,24 @@ def run_skeleton(settings, ds: str, events: int = 5000) -> dict:
     return {"rows": rows, "feed": feed}
 
 
-def demo(args) -> int:
-    """`feedloop demo`: start everything and push one day of simulated events around the whole loop.
+def warm_loop(settings, ds: str, events: int, champion: str, learner: bool) -> dict:
+    """With a champion serving: a burst of events watched into Hive, the learner up, a feed read."""
+    print(f"champion version {champion} serves the feeds: skipping the retrain "
+          "(`feedloop demo --retrain`, or `make demo ARGS=--retrain`, runs it)", flush=True)
+    rows = simulate_and_land(settings, ds, events, "4", catalogue=False)
+    start_learner(settings, "3/4", learner)
+    print("[4/4] reading a feed from the API", flush=True)
+    feed = fetch_json(f"http://{settings.bind_host}:{settings.api.port}/v1/feeds/users/u000001?limit=5")
+    return {"rows": rows, "feed": feed}
 
-    event -> Kafka -> Spark streaming sink -> Hive -> Airflow-run retrain -> MLflow ->
-    Redis feeds -> feed API; then the online learner is started on the new champion
-    (clicks from now on fine-tune it and republish segment feeds); then print where to look.
+
+def demo(args) -> int:
+    """`feedloop demo`: start everything and push simulated events around the whole loop.
+
+    Without a champion (or with ``--retrain``): a day of events -> Kafka -> Spark streaming
+    sink -> Hive -> Airflow-run retrain -> MLflow -> Redis feeds -> feed API, then the
+    online learner on the new champion. With one: a burst of events watched into Hive, the
+    online learner, a feed; the retrain is skipped and the output says so. Then where to look.
     """
     from feedloop.settings import get_settings
     from infra.errors import ServiceError
@@ -135,15 +186,33 @@ def demo(args) -> int:
     get_settings.cache_clear()
     settings = get_settings()
     ds = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    result = run_skeleton(settings, ds)
-    print("[5/5] starting the online learner on the champion (feedloop up stream-learner)", flush=True)
+    champion = None if args.retrain else champion_version(settings)
+    if champion:
+        result = warm_loop(settings, ds, args.events or WARM_EVENTS, champion, not args.no_learner)
+    else:
+        result = run_skeleton(settings, ds, args.events or DEMO_EVENTS)
+        start_learner(settings, "5/5", not args.no_learner)
+    what = "retrain skipped, champion" if champion else "retrained; champion now"
+    print(f"\nfeedloop demo done in {time.time() - started:.0f}s ({what} {champion or result['feed'].get('model_version')}): "
+          f"{result['rows']} events in Hive for {ds}")
+    print_where_to_look(settings, result["feed"])
+    return 0
+
+
+def start_learner(settings, step: str, wanted: bool) -> None:
+    from infra.stack import up
+
+    if not wanted:
+        print(f"[{step}] online learner left stopped (--no-learner; `feedloop up stream-learner` starts it)", flush=True)
+        return
+    print(f"[{step}] starting the online learner on the champion (feedloop up stream-learner)", flush=True)
     up(["stream-learner"], settings)
-    feed = result["feed"]
+
+
+def print_where_to_look(settings, feed: dict) -> None:
     host = settings.bind_host
     beeline = ".venv/lib/python3.11/site-packages/pyspark/bin/beeline"
-    print(f"""
-feedloop demo done in {time.time() - started:.0f}s: {result['rows']} events in Hive for {ds}; user u000001's feed
-from source '{feed.get('source')}', model version {feed.get('model_version')}: {[i['item_id'] for i in feed.get('items', [])]}
+    print(f"""user u000001's feed from source '{feed.get('source')}', model version {feed.get('model_version')}: {[i['item_id'] for i in feed.get('items', [])]}
 
   Airflow UI     http://{host}:{settings.airflow.port}   (login {settings.airflow.admin_user} / {settings.airflow.admin_password})
   MLflow UI      http://{host}:{settings.mlflow.port}   (login {settings.mlflow.admin_user} / {settings.mlflow.admin_password}; model {settings.mlflow.model_name}, alias champion)
@@ -158,7 +227,6 @@ The online learner runs too: clicks and dwell from now on fine-tune the champion
 feeds they touch as <version>+online.<n> (`feedloop simulate --api http://{host}:{settings.api.port}` sends some).
 
 Everything keeps running: `make status` shows it, `make down` stops it. Logs: {settings.log_dir}""")
-    return 0
 
 
 # name: (module:function, help, argument adder)
@@ -189,7 +257,8 @@ COMMANDS = {
     "run-dag": ("infra.airflow_client:cmd_run_dag", "trigger an Airflow DAG run for --ds and wait for it", _dag),
     "backfill": ("infra.airflow_client:cmd_backfill", "backfill a DAG over a range of days (Airflow's backfill) "
                  "and follow it", _backfill),
-    "demo": ("feedloop.cli:demo", "run the walking skeleton end to end and print where to look", _none),
+    "demo": ("feedloop.cli:demo", "run the loop end to end (the retrain only without a champion, or with --retrain) "
+             "and print where to look", _demo),
 }
 
 

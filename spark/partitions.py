@@ -26,7 +26,8 @@ def main(args) -> int:
     return 0 if rows > 0 else 1
 
 
-def wait_for_rows(settings, ds: str, at_least: int, timeout_s: float = 300, table: str = "events") -> int:
+def wait_for_rows(settings, ds: str, at_least: int, timeout_s: float = 300, table: str = "events",
+                  poll_s: float = 5) -> int:
     """Poll the partition until it holds ``at_least`` rows; show progress; return the count."""
     import time
 
@@ -40,4 +41,4 @@ def wait_for_rows(settings, ds: str, at_least: int, timeout_s: float = 300, tabl
                 f"feedloop.{table} dt={ds} holds {rows} rows after {timeout_s:.0f}s, expected {at_least}; "
                 f"read {settings.log_dir / 'stream-events.log'}")
         print(f"  waiting for the streaming sink: {rows}/{at_least} rows in feedloop.{table} dt={ds}", flush=True)
-        time.sleep(5)
+        time.sleep(poll_s)

@@ -132,3 +132,22 @@ def test_mlflow_compares_three_models_for_the_day(settings, dag_run):
     runs = client.search_runs([experiment.experiment_id], f"tags.ds = '{DS}'")
     assert {"two-tower", "popularity", "als"} <= {r.data.tags.get("model_type") for r in runs}
     assert all("ndcg10" in r.data.metrics for r in runs if r.data.tags.get("model_type") in ("popularity", "als"))
+
+
+def test_a_demo_with_a_champion_skips_the_retrain_and_lands_a_burst(settings, dag_run):
+    import re
+
+    from feedloop.cli import champion_version
+
+    champion = champion_version(settings)
+    assert champion is not None
+    out = feedloop_cli("demo", "--events", "300", "--no-learner", timeout_s=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"champion version {champion} serves the feeds: skipping the retrain" in out.stdout
+    assert "feedloop_daily_retrain" not in out.stdout.split("skipping the retrain")[1].split("\n", 1)[1]
+    landed = re.search(r"feedloop\.events dt=(\S+): (\d+) rows \((\d+) new\)", out.stdout)
+    assert landed, out.stdout[-3000:]
+    ds, rows, new = landed.group(1), int(landed.group(2)), int(landed.group(3))
+    assert new >= 300
+    assert partition_rows(settings, "events", ds) >= rows
+    assert re.search(r"user u000001's feed from source '\w+', model version \S+: \['", out.stdout), out.stdout[-2000:]
