@@ -152,6 +152,40 @@ def test_kafka_broker_restart_mid_stream_loses_no_acknowledged_event(settings):
     assert counts == (total, total)
 
 
+def test_the_sink_rides_out_a_kafka_outage_longer_than_its_timeouts(settings):
+    """Kafka stopped for 90 s (the consumer's timeouts are 60 s and 120 s): the sink waits for it in the same
+    process, resumes from its checkpoint, writes every acknowledged event once, and is healthy again."""
+    from infra.health import streaming
+
+    ds, total = "2026-10-03", 3000
+    rpc = supervisor(settings)
+    pid = rpc.getProcessInfo("stream-events")["pid"]
+    producer = AckedProducer(settings, ds, total, per_s=20).start()
+    seen = last_batch(settings)
+    deadline = time.time() + 180
+    while last_batch(settings) <= seen:
+        assert time.time() < deadline, "the sink made no batch before the outage"
+        time.sleep(0.5)
+    rpc.stopProcess("kafka", True)
+    stopped = time.time()
+    deadline = stopped + 90
+    while time.time() < deadline:  # the outage; the sink must not exit meanwhile
+        assert rpc.getProcessInfo("stream-events")["pid"] == pid, "stream-events exited during the outage"
+        time.sleep(2)
+    rpc.startProcess("kafka", True)
+    producer.join()
+    assert (producer.failed, producer.acked) == (0, total)
+    counts = wait_for_count(settings, ds, total)
+    wait_stream_caught_up(settings)
+    info = rpc.getProcessInfo("stream-events")
+    assert (info["statename"], info["pid"]) == ("RUNNING", pid), f"the sink was restarted: {info}"
+    assert counts == hive_counts(settings, ds) == (total, total)
+    assert streaming("stream-events")(settings)
+    waited = [line for line in (settings.log_dir / "stream-events.log").read_text(errors="replace").splitlines()
+              if "waiting for kafka" in line or "answers again" in line]
+    print("\n".join(waited[-5:]))
+
+
 def test_a_duplicate_resent_after_a_restart_lands_once(settings):
     from kafka import KafkaProducer
 

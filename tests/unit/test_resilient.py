@@ -1,0 +1,94 @@
+"""The streaming apps' driver loop rides out a Kafka or metastore outage (pure logic, fake queries)."""
+
+import pytest
+from pyspark.errors import StreamingQueryException
+
+from spark import resilient
+from spark.resilient import dependency_of, run_resilient, wait_for
+
+KAFKA_POSITION = ("[STREAM_FAILED] Query events_to_hive_and_redis terminated with exception: Timeout of 60000ms "
+                  "expired before the position for partition feedback.events-0 could be determined")
+KAFKA_FETCH = ("Job aborted due to stage failure: Lost task 1.0: java.util.concurrent.TimeoutException: Cannot fetch "
+               "record for offset 1234 in 120000 milliseconds")
+METASTORE = "MetaException(message:Could not connect to meta store using any of the URIs provided. Connection refused)"
+
+
+def test_failures_name_the_dependency_they_wait_for():
+    assert dependency_of(KAFKA_POSITION) == "kafka"
+    assert dependency_of(KAFKA_FETCH) == "kafka"
+    assert dependency_of(METASTORE) == "metastore"
+    assert dependency_of("java.lang.OutOfMemoryError: Java heap space") is None
+
+
+def test_wait_for_backs_off_and_says_what_it_waits_for():
+    answers = iter([False, False, False, True])
+    now = [0.0]
+    slept, logged = [], []
+
+    def sleep(s):
+        slept.append(s)
+        now[0] += s
+
+    waited = wait_for("kafka", lambda: next(answers), log=logged.append, sleep=sleep, clock=lambda: now[0])
+    assert slept == [1, 2, 4] and waited == 7
+    assert all("waiting for kafka" in line for line in logged)
+    assert resilient.backoff(50) == 30  # capped
+
+
+class Query:
+    def __init__(self, progress=None):
+        self.isActive, self.lastProgress, self.stopped = True, progress, False
+
+    def stop(self):
+        self.isActive, self.stopped = False, True
+
+
+class Streams:
+    def __init__(self, outcomes):
+        self.outcomes, self.resets = list(outcomes), 0
+
+    def awaitAnyTermination(self):
+        outcome = self.outcomes.pop(0)
+        if outcome:
+            raise StreamingQueryException(message=outcome)
+
+    def resetTerminated(self):
+        self.resets += 1
+
+
+class Spark:
+    def __init__(self, outcomes):
+        self.streams = Streams(outcomes)
+
+
+def run(outcomes, progress=None, checks=None):
+    spark, started, logged = Spark(outcomes), [], []
+
+    def start():
+        started.append([Query(progress), Query(progress)])
+        return started[-1]
+
+    checks = checks or {"kafka": lambda: True, "metastore": lambda: True}
+    run_resilient(spark, start, settings=None, app="stream-events", log=logged.append, checks=checks)
+    return spark, started, logged
+
+
+def test_a_kafka_timeout_restarts_the_queries_in_the_same_session_once_kafka_answers():
+    answers = iter([True])
+    spark, started, logged = run([KAFKA_POSITION, None], checks={"kafka": lambda: next(answers)})
+    assert len(started) == 2 and all(q.stopped for q in started[0]) and spark.streams.resets == 1
+    assert any("waiting for kafka" in line for line in logged)
+    assert any("restarting the queries from their checkpoints" in line for line in logged)
+
+
+def test_any_other_failure_still_ends_the_app():
+    with pytest.raises(StreamingQueryException):
+        run(["java.lang.OutOfMemoryError: Java heap space"])
+
+
+def test_a_query_that_keeps_failing_without_a_trigger_ends_the_app():
+    n = resilient.MAX_RESTARTS_WITHOUT_PROGRESS
+    with pytest.raises(StreamingQueryException):
+        run([KAFKA_FETCH] * (n + 1) + [None])
+    _, started, _ = run([KAFKA_FETCH] * (n + 1) + [None], progress={"batchId": 1})  # progress resets the count
+    assert len(started) == n + 2
