@@ -65,14 +65,18 @@ def backoff(attempt: int) -> float:
     return BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
 
 
+def probe_config(settings: Settings) -> dict:
+    """kafka-python consumer options of the probe: a few seconds at most, whatever the broker does."""
+    return {"bootstrap_servers": settings.kafka.bootstrap, "request_timeout_ms": 5000, "bootstrap_timeout_ms": 5000}
+
+
 def kafka_answers(settings: Settings, topic: str | None = None) -> bool:
     """True when the broker answers a metadata request for the topic (a port that accepts is not enough:
     a broker recovering its logs may not serve yet)."""
     try:
         from kafka import KafkaConsumer
 
-        consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, request_timeout_ms=5000,
-                                 api_version_auto_timeout_ms=3000, connections_max_idle_ms=10_000)
+        consumer = KafkaConsumer(**probe_config(settings))
         try:
             return bool(consumer.partitions_for_topic(topic or settings.kafka.events_topic))
         finally:

@@ -92,3 +92,24 @@ def test_a_query_that_keeps_failing_without_a_trigger_ends_the_app():
         run([KAFKA_FETCH] * (n + 1) + [None])
     _, started, _ = run([KAFKA_FETCH] * (n + 1) + [None], progress={"batchId": 1})  # progress resets the count
     assert len(started) == n + 2
+
+
+def test_the_kafka_probe_is_a_valid_consumer_config_and_answers_false_fast(monkeypatch):
+    import socket
+    import time
+
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaConfigurationError
+
+    from feedloop.settings import load_settings
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("FEEDLOOP_KAFKA__BOOTSTRAP", f"127.0.0.1:{port}")
+    settings = load_settings()
+    started = time.time()
+    with pytest.raises(Exception) as err:  # no broker: a timeout, never an option kafka-python refuses
+        KafkaConsumer(**resilient.probe_config(settings))
+    assert not isinstance(err.value, KafkaConfigurationError), err.value
+    assert not resilient.kafka_answers(settings) and time.time() - started < 20
