@@ -153,10 +153,13 @@ def test_kafka_broker_restart_mid_stream_loses_no_acknowledged_event(settings):
 
 
 def test_the_sink_rides_out_a_kafka_outage_longer_than_its_timeouts(settings):
-    """Kafka stopped for 150 s, past the consumer's timeouts (60 s for a position, 120 s for a fetch: a
-    shorter outage is waited out inside the batch, and the query never fails): the query fails, the sink
-    waits for Kafka in the same process, resumes from its checkpoint, writes every acknowledged event once,
-    and is healthy again. Before spark.resilient, the sink exited here (status 3)."""
+    """Kafka stopped for 150 s, past the 60 s and 120 s consumer timeouts the soak's sink died of: the sink
+    keeps its process, writes every acknowledged event once, and is healthy again.
+
+    On an idle test stack the query has so far waited the outage out inside its offset lookup (one
+    trigger of ~170 s) instead of failing, so this checks the outcome, not that spark.resilient's restart
+    path ran (tests/unit/test_resilient.py covers that path; the soak's failures came with data in flight
+    on a loaded machine). The log lines of the wait, if any, are printed."""
     from infra.health import streaming
 
     ds, total = "2026-10-03", 3000
