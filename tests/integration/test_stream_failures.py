@@ -158,7 +158,7 @@ def test_the_sink_rides_out_a_kafka_outage_longer_than_its_timeouts(settings):
 
     On an idle test stack the query has so far waited the outage out inside its offset lookup (one
     trigger of ~170 s) instead of failing, so this checks the outcome, not that spark.resilient's restart
-    path ran (tests/unit/test_resilient.py covers that path; the soak's failures came with data in flight
+    path ran (tests/unit/test_resilient.py drives it with a real local query; the soak's failures came with data in flight
     on a loaded machine). The log lines of the wait, if any, are printed."""
     from infra.health import streaming
 

@@ -113,3 +113,45 @@ def test_the_kafka_probe_is_a_valid_consumer_config_and_answers_false_fast(monke
         KafkaConsumer(**resilient.probe_config(settings))
     assert not isinstance(err.value, KafkaConfigurationError), err.value
     assert not resilient.kafka_answers(settings) and time.time() - started < 20
+
+
+def test_a_real_query_failing_on_the_metastore_is_restarted_and_replays_its_batch(tmp_path):
+    """Local Spark, no services: the first attempt of batch 0 fails as the soak's did on a metastore restart;
+    the loop restarts the query in the same session and batch 0 comes again, with the same id."""
+    import threading
+    import time
+
+    from pyspark.sql import SparkSession
+
+    spark = (SparkSession.builder.master("local[1]").appName("test-resilient")
+             .config("spark.sql.shuffle.partitions", "1").config("spark.ui.enabled", "false").getOrCreate())
+    seen: list[int] = []
+
+    def sink(batch_df, batch_id):
+        seen.append(batch_id)
+        if len(seen) == 1:
+            raise RuntimeError("MetaException(message:Could not connect to meta store using any of the URIs)")
+
+    def start():
+        return [spark.readStream.format("rate").option("rowsPerSecond", 5).load().writeStream
+                .foreachBatch(sink).option("checkpointLocation", str(tmp_path / "cp"))
+                .trigger(processingTime="1 second").start()]
+
+    def stop_after_replay():
+        deadline = time.time() + 120
+        while len(seen) < 3 and time.time() < deadline:
+            time.sleep(0.2)
+        for query in spark.streams.active:
+            query.stop()
+
+    logged: list[str] = []
+    stopper = threading.Thread(target=stop_after_replay, daemon=True)
+    stopper.start()
+    try:
+        run_resilient(spark, start, settings=None, app="test", log=logged.append,
+                      checks={"kafka": lambda: True, "metastore": lambda: True})
+    finally:
+        stopper.join(10)
+        spark.stop()
+    assert seen[:2] == [0, 0], seen  # the failed batch replayed with its id
+    assert any("because metastore did not answer" in line for line in logged), logged
