@@ -26,9 +26,9 @@ Runs against the running dev stack (`make up`, a champion: `make demo`), for
   leader), plus any descendant that left the group, after checking on its
   command line that it is the service. The outage is the time from the kill
   until the supervisor shows a new pid RUNNING and the service's health check in
-  ``infra.health`` passes; for the two streaming apps, whose health check is
-  only "RUNNING for 10 s", the time to their first batch after the kill
-  (their progress file) is reported too;
+  ``infra.health`` passes (for the two streaming apps: a batch or a successful
+  idle poll of Kafka since the new process started); the time to their first
+  batch after the kill (their progress file) is reported too;
 * at the first kill the daily retrain DAG is triggered (``--dag-ds``, default
   today, through ``infra.airflow_client``) and followed; it must succeed.
 

@@ -19,10 +19,16 @@ from airflow.providers.standard.sensors.bash import BashSensor
 from airflow.sdk import CronDataIntervalTimetable, dag
 
 SPARK_JOBS = Path(__file__).resolve().parent.parent / "spark"
+# Every step talks to Spark, the metastore or HiveServer2. A scheduler restart kills the running task, and
+# a metastore restart takes up to minutes on a busy machine (docs/chaos.md): 4 retries, 1, 2, 4 then 8 min
+# apart (15 min in all), outlast both; the Spark jobs' metastore client also waits 2 min itself
+# (settings.hive.metastore_connect_retries). A step that still fails is truly broken and fails the run.
 DEFAULT_ARGS = {
     "owner": "feedloop",
-    "retries": 2,
+    "retries": 4,
     "retry_delay": timedelta(minutes=1),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=8),
     "execution_timeout": timedelta(hours=2),
 }
 

@@ -15,8 +15,10 @@ from airflow.sdk import CronDataIntervalTimetable, dag
 
 DEFAULT_ARGS = {
     "owner": "feedloop",
-    "retries": 2,
+    "retries": 4,  # outlast a scheduler or metastore restart (see feedloop_daily_retrain)
     "retry_delay": timedelta(minutes=1),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=8),
     "execution_timeout": timedelta(minutes=30),
 }
 

@@ -7,6 +7,7 @@ Reading them needs neither Spark nor TensorFlow.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -21,6 +22,27 @@ def write_json_atomic(path: Path, value) -> None:
     tmp.replace(path)
 
 
+def heartbeat_path(settings: Settings, app: str) -> Path:
+    return settings.var / "run" / f"{app}.heartbeat.json"
+
+
+def write_heartbeat(settings: Settings, app: str) -> None:
+    """Record that the streaming app ``app`` just completed a trigger that reached its source (a batch or an
+    idle poll): what its health check reads."""
+    write_json_atomic(heartbeat_path(settings, app), {"polled_at": time.time(), "pid": os.getpid()})
+
+
+def last_progress_at(settings: Settings, app: str) -> float | None:
+    """When ``app`` last made progress: the newer of its heartbeat and its batch progress file (``<app>.json``,
+    whose ``updated_at`` each batch writes); None before either exists."""
+    times = []
+    for path, field in ((heartbeat_path(settings, app), "polled_at"), (settings.var / "run" / f"{app}.json", "updated_at")):
+        try:
+            times.append(float(json.loads(path.read_text())[field]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return max(times) if times else None
+
 
 def events_progress(settings: Settings) -> str:
     """One line for `feedloop status`: last batch and time since it."""
@@ -33,7 +55,6 @@ def events_progress(settings: Settings) -> str:
     return (f"stream-events: last batch {state['batch_id']} {age:.0f}s ago; since start {totals['valid']} events "
             f"written, {totals['rejected']} to DLQ, {totals['duplicates']} duplicates dropped, "
             f"{totals.get('late', 0)} too late for the trending windows")
-
 
 
 def learner_progress(settings: Settings) -> str:

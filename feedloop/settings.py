@@ -61,6 +61,10 @@ class KafkaSettings(_Section):
     served_topic: str = "feedback.served"
     partitions: int = 4  # of every topic at creation; Spark reads one task per partition
     request_timeout_ms: int = 5000
+    # Log recovery after an unclean stop (kill -9) reads every partition's unflushed tail; with
+    # __consumer_offsets at Kafka's 50 partitions it took 150-300 s on a busy machine (docs/chaos.md).
+    recovery_threads: int = 2  # num.recovery.threads.per.data.dir: partitions recovered in parallel
+    offsets_partitions: int = 4  # offsets.topic.num.partitions: read when the topic is created, i.e. on fresh storage
 
     _ports = field_validator("controller_port", "port")(_check_port)
 
@@ -89,6 +93,12 @@ class HiveSettings(_Section):
     analyst_user: str = "analyst"
     analyst_password: str = ""
     warehouse_dir: str = ""  # empty: var/warehouse
+    # How long a Spark job's metastore client tries to connect before it fails (retries x delay, 2 min by
+    # default): a metastore restart takes 1.5-7.5 min on a busy machine (docs/chaos.md), so the batch jobs
+    # wait a bounded while and the DAG's retries cover the rest. The Thrift Server keeps Hive's fast
+    # default (infra.commands), so an analyst's query fails within seconds, not minutes.
+    metastore_connect_retries: int = Field(24, ge=1)
+    metastore_connect_retry_delay_s: int = Field(5, ge=1)
 
     _ports = field_validator("metastore_port", "hs2_port")(_check_port)
 
@@ -244,6 +254,9 @@ class Settings(_Section):
     bind_host: str = "127.0.0.1"
     var_dir: str = ""  # empty: <repo>/var
     jar_cache: str = ""  # empty: ~/.cache/feedloop/jars
+    # CPU priority (nice) of the batch and streaming services (infra.commands.BACKGROUND): under load the
+    # kernel then runs the API, Redis and Kafka first. 0: everything at the same priority.
+    batch_nice: int = Field(10, ge=0, le=19)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     hive: HiveSettings = Field(default_factory=HiveSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)

@@ -32,7 +32,9 @@ def spark_conf(settings: Settings, app_name: str, with_kafka: bool = False) -> d
         "spark.sql.catalogImplementation": "hive",
         "spark.sql.warehouse.dir": settings.warehouse.as_uri(),
         "spark.hadoop.hive.metastore.uris": settings.hive.metastore_uri,
-        "spark.hadoop.hive.metastore.client.connect.retry.delay": "1",
+        # bounded patience for a restarting metastore: retries x delay (settings.hive), then a clear failure
+        "spark.hadoop.hive.metastore.connect.retries": str(settings.hive.metastore_connect_retries),
+        "spark.hadoop.hive.metastore.client.connect.retry.delay": f"{settings.hive.metastore_connect_retry_delay_s}s",
         "spark.hadoop.hive.metastore.failure.retries": "2",
         "spark.hadoop.hive.exec.dynamic.partition.mode": "nonstrict",
         "spark.sql.sources.partitionOverwriteMode": "dynamic",

@@ -17,11 +17,21 @@ from infra.redis_server import redis_conf
 from infra.registry import BY_NAME
 
 
+# Services that run at the lower CPU priority settings.batch_nice: batch and streaming work, whose delay costs
+# seconds of freshness, never a failed read. Airflow's tasks inherit the scheduler's priority (the
+# LocalExecutor forks them). The API, Redis, Kafka, Postgres, MLflow and the metastore keep the normal one.
+BACKGROUND = ("stream-events", "stream-learner", "thriftserver", "airflow-scheduler", "airflow-dag-processor",
+              "airflow-triggerer")
+
+
 def spark_submit_conf(settings: Settings, app_name: str, ui_port: int) -> list[str]:
     from feedloop.sparkconf import spark_conf
 
     conf = spark_conf(settings, app_name)
     conf["spark.ui.port"] = str(ui_port)
+    # a server answering analysts: Hive's fast default (3 tries, 1 s apart), not the batch jobs' patience
+    conf["spark.hadoop.hive.metastore.connect.retries"] = "3"
+    conf["spark.hadoop.hive.metastore.client.connect.retry.delay"] = "1s"
     args: list[str] = []
     for name, value in conf.items():
         if name in ("spark.master", "spark.driver.memory", "spark.app.name"):
@@ -98,7 +108,14 @@ def service_command(settings: Settings, name: str) -> tuple[list[str], dict[str,
         env["SPARK_HOME"] = str(pyspark_home())
     else:
         raise ServiceError(f"unknown service {name!r}; known: {', '.join(BY_NAME)}")
-    return argv, env, run_as
+    return with_priority(settings, name, argv), env, run_as
+
+
+def with_priority(settings: Settings, name: str, argv: list[str]) -> list[str]:
+    """``argv`` behind ``nice -n settings.batch_nice`` for a BACKGROUND service; unchanged otherwise."""
+    if name not in BACKGROUND or settings.batch_nice == 0:
+        return argv
+    return [shutil.which("nice") or "/usr/bin/nice", "-n", str(settings.batch_nice), *argv]
 
 
 def cmd_supervise(args) -> int:

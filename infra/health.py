@@ -60,6 +60,26 @@ def tcp(setting: str) -> Callable[[Settings], bool]:
     return check
 
 
+def streaming(name: str) -> Callable[[Settings], bool]:
+    """A streaming app is healthy when it is RUNNING and has made progress since this process started: a batch,
+    or an idle trigger that polled Kafka (spark.resilient.heartbeat_listener; one every 10 s with no events).
+    RUNNING alone says nothing: a Spark app takes minutes to set up, and may be waiting out an outage."""
+    def check(settings: Settings) -> bool:
+        from feedloop.progress import last_progress_at
+        from infra.supervision import supervisor
+
+        try:
+            info = supervisor(settings).getProcessInfo(name)
+        except Exception:
+            return False
+        if info["statename"] != "RUNNING":
+            return False
+        progressed = last_progress_at(settings, name)
+        return progressed is not None and progressed >= info["start"]
+
+    return check
+
+
 def http(setting: str, path: str) -> Callable[[Settings], bool]:
     def check(settings: Settings) -> bool:
         return http_ok(f"http://{settings.bind_host}:{setting_value(settings, setting)}{path}")

@@ -28,6 +28,10 @@ def kafka_config(settings: Settings) -> Path:
         "log.dirs": str(directory / "data"),
         "num.partitions": str(k.partitions),
         "offsets.topic.replication.factor": "1",
+        # fewer partitions to recover after kill -9; an existing __consumer_offsets keeps its count (50 on
+        # storage formatted before this setting): only freshly formatted storage gets k.offsets_partitions
+        "offsets.topic.num.partitions": str(k.offsets_partitions),
+        "num.recovery.threads.per.data.dir": str(k.recovery_threads),
         "transaction.state.log.replication.factor": "1",
         "transaction.state.log.min.isr": "1",
         "share.coordinator.state.topic.replication.factor": "1",

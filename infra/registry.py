@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from feedloop.settings import Settings
-from infra.health import http, kafka_ok, postgres_ok, redis_ok, running, setting_value, tcp
+from infra.health import http, kafka_ok, postgres_ok, redis_ok, running, setting_value, streaming, tcp
 
 @dataclass
 class Service:
@@ -39,8 +39,8 @@ SERVICES: list[Service] = [
     Service("airflow-dag-processor", "", 3, running("airflow-dag-processor"), 120, "Airflow DAG processor"),
     Service("airflow-triggerer", "", 3, running("airflow-triggerer"), 120, "Airflow triggerer"),
     Service("api", "api.port", 3, http("api.port", "/healthz"), 60, "feed API"),
-    Service("stream-events", "", 3, running("stream-events"), 180, "streaming sink Kafka -> Hive events"),
-    Service("stream-learner", "", 3, running("stream-learner"), 180,
+    Service("stream-events", "", 3, streaming("stream-events"), 420, "streaming sink Kafka -> Hive events"),
+    Service("stream-learner", "", 3, streaming("stream-learner"), 420,
             "online learner: clicks/dwell -> fine-tuned champion -> segment feeds", optional=True),
 ]
 

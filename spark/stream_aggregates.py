@@ -24,10 +24,14 @@ them and counted (``late`` in the sink's progress and ``feedloop status``); it
 still counts for popular, the user's stats and recent history, which have no
 window to be late for.
 
-**Idempotent per batch.** The increments, the new watermark and the batch id are
-applied in one MULTI/EXEC; a batch replayed after a crash (same id, same rows)
-finds its id already stored and is skipped. Then the current windows are
-rebuilt: ``trending:1m`` = the current 1-minute pane, ``trending:10m`` = the
+**Idempotent per batch.** The increments are applied in MULTI/EXEC chunks of at
+most ``CHUNK_COMMANDS`` commands, each recording how many chunks of the batch are
+done; the last chunk also stores the new watermark and the batch id. A batch
+replayed after a crash (same id, same rows, cut into the same chunks: the commands
+are ordered by their keys) applies only the chunks not yet recorded, and one whose
+id is stored is skipped. Bounded chunks keep Redis answering the API between them
+(one transaction for a 250,000-event batch held it 8-13 s). In the last chunk the
+current windows are rebuilt: ``trending:1m`` = the current 1-minute pane, ``trending:10m`` = the
 current and previous 5-minute panes (10 minutes sliding by 5).
 """
 
@@ -145,31 +149,85 @@ def read_watermark(client, marker: str, late_after_ms: int) -> int:
     return NO_WATERMARK if newest is None else int(newest) - late_after_ms
 
 
-def apply_aggregates(client, marker: str, batch_id: int, agg: BatchAggregates, now_ms: int | None = None) -> bool:
-    """Apply one batch's aggregates in one transaction; False when the batch was already applied."""
-    done = client.get(marker)
-    if done is not None and int(done) >= batch_id:
-        return False
-    now = now_ms if now_ms is not None else int(time.time() * 1000)
-    pipe = client.pipeline(transaction=True)
+CHUNK_COMMANDS = 2000  # commands per MULTI/EXEC: ~tens of ms of Redis time, far under the API's 0.25 s timeout
+
+
+def chunk_key(marker: str) -> str:
+    return marker + ":chunk"
+
+
+def batch_commands(agg: BatchAggregates) -> list[tuple[str, tuple, dict]]:
+    """The increments of one batch as (command, args, kwargs), in an order fixed by the keys alone, so a
+    replayed batch (same rows, perhaps collected in another order) cuts the same chunks."""
+    cmds: list[tuple[str, tuple, dict]] = []
     for width, rows in (("1m", agg.panes_1m), ("5m", agg.panes_5m)):
-        for pane, item, weight in rows:
-            pipe.zincrby(pane_key(width, pane), weight, item)
+        for pane, item, weight in sorted(rows, key=lambda r: (r[0], r[1])):
+            cmds.append(("zincrby", (pane_key(width, pane), weight, item), {}))
         for pane in sorted({p for p, _, _ in rows}):
-            pipe.expire(pane_key(width, pane), PANE_TTL_S)
-    for item, weight in agg.popular:
-        pipe.zincrby(online.popular_key(), weight, item)
-    for user, event_type, n in agg.user_stats:
-        pipe.hincrby(online.user_stats_key(user), event_type, n)
-        pipe.expire(online.user_stats_key(user), USER_STATS_TTL_S)
+            cmds.append(("expire", (pane_key(width, pane), PANE_TTL_S), {}))
+    for item, weight in sorted(agg.popular, key=lambda r: r[0]):
+        cmds.append(("zincrby", (online.popular_key(), weight, item), {}))
+    for user, event_type, n in sorted(agg.user_stats, key=lambda r: (r[0], r[1])):
+        cmds.append(("hincrby", (online.user_stats_key(user), event_type, n), {}))
+        cmds.append(("expire", (online.user_stats_key(user), USER_STATS_TTL_S), {}))
     by_user: dict[str, dict[str, int]] = {}
     for user, item, ts in agg.recent:
         by_user.setdefault(user, {})[item] = ts
-    touched = sorted(by_user)
-    for user in touched:  # one ZADD per user, not per item
-        pipe.zadd(online.user_recent_key(user), by_user[user], gt=True)
-        pipe.zremrangebyrank(online.user_recent_key(user), 0, -RECENT_MAX_ITEMS - 1)
-        pipe.expire(online.user_recent_key(user), RECENT_TTL_S)
+    for user in sorted(by_user):  # one ZADD per user, not per item
+        cmds.append(("zadd", (online.user_recent_key(user), dict(sorted(by_user[user].items()))), {"gt": True}))
+        cmds.append(("zremrangebyrank", (online.user_recent_key(user), 0, -RECENT_MAX_ITEMS - 1), {}))
+        cmds.append(("expire", (online.user_recent_key(user), RECENT_TTL_S), {}))
+    return cmds
+
+
+def chunks(cmds: list, size: int) -> list[list]:
+    """``cmds`` cut into lists of at most ``size`` (at least one list, perhaps empty: the closing one)."""
+    return [cmds[i:i + size] for i in range(0, len(cmds), size)] or [[]]
+
+
+def applied_chunks(client, marker: str, batch_id: int) -> int | None:
+    """How many chunks of ``batch_id`` are applied already: None when the whole batch is (skip it)."""
+    done = client.get(marker)
+    if done is not None and int(done) >= batch_id:
+        return None
+    partial = client.get(chunk_key(marker))
+    if partial is not None:
+        batch, _, count = (partial.decode() if isinstance(partial, bytes) else partial).partition(":")
+        if int(batch) == batch_id:
+            return int(count)
+    return 0
+
+
+def apply_aggregates(client, marker: str, batch_id: int, agg: BatchAggregates, now_ms: int | None = None,
+                     chunk_commands: int = CHUNK_COMMANDS) -> bool:
+    """Apply one batch's aggregates in bounded MULTI/EXEC chunks; False when the batch was already applied.
+
+    Each chunk's transaction also records ``<batch id>:<chunks done>``, so a replay after a crash between
+    chunks applies only the chunks that are missing; the last one rebuilds the windows, raises the watermark
+    and stores the batch id, as the single transaction did before. One huge transaction held Redis for
+    8-13 s on a catch-up batch, and the API's reads (0.25 s timeout) failed meanwhile (docs/chaos.md).
+    """
+    done = applied_chunks(client, marker, batch_id)
+    if done is None:
+        return False
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    parts = chunks(batch_commands(agg), chunk_commands)
+    for index, part in enumerate(parts):
+        if index < done:
+            continue
+        pipe = client.pipeline(transaction=True)
+        for name, args, kwargs in part:
+            getattr(pipe, name)(*args, **kwargs)
+        if index == len(parts) - 1:
+            _close_batch(pipe, marker, batch_id, agg, now)
+        else:
+            pipe.set(chunk_key(marker), f"{batch_id}:{index + 1}")
+        pipe.execute()
+    return True
+
+
+def _close_batch(pipe, marker: str, batch_id: int, agg: BatchAggregates, now: int) -> None:
+    """The batch's last transaction: current windows rebuilt, newest event time raised, batch id stored."""
     current_1m = now - now % TUMBLING_MS
     current_5m = now - now % SLIDE_MS
     pipe.zunionstore(online.trending_key("1m"), [pane_key("1m", current_1m)])
@@ -179,8 +237,7 @@ def apply_aggregates(client, marker: str, batch_id: int, agg: BatchAggregates, n
     if agg.max_ts is not None:  # the newest event time moves forward only
         online.raise_pointers(pipe, [watermark_key(marker)], int(agg.max_ts))
     pipe.set(marker, batch_id)
-    pipe.execute()
-    return True
+    pipe.delete(chunk_key(marker))
 
 
 class RedisAggregates:

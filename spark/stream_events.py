@@ -31,6 +31,7 @@ from feedloop.events import DLQ_MAX_MESSAGE_BYTES, FIELDS
 from feedloop.progress import write_json_atomic
 from feedloop.settings import Settings, get_settings
 from spark.hive_files import BatchFiles
+from spark.resilient import heartbeat_listener, run_resilient
 
 APP_NAME = "feedloop-stream-events"
 TABLE = "events"
@@ -258,19 +259,25 @@ def main(args) -> int:
     checkpoint = checkpoint_dir(settings)
     sink = EventsSink(spark, settings, checkpoint)
     spark.streams.addListener(duplicates_listener(sink))
-    events = deduplicated(parsed(read_kafka(spark, settings)), settings.spark.dedup_window)
-    queries = [
-        _start(events, sink, QUERY_NAME, checkpoint, args.once, settings.spark.streaming_trigger_s),
-        _start(read_kafka(spark, settings, settings.kafka.served_topic), ServedFeedsSink(spark, settings),
-               "served_to_hive", checkpoint_dir(settings, "served-feeds"), args.once, SERVED_TRIGGER_S),
-    ]
+    spark.streams.addListener(heartbeat_listener(settings, "stream-events"))
+
+    def start() -> list:
+        events = deduplicated(parsed(read_kafka(spark, settings)), settings.spark.dedup_window)
+        return [
+            _start(events, sink, QUERY_NAME, checkpoint, args.once, settings.spark.streaming_trigger_s),
+            _start(read_kafka(spark, settings, settings.kafka.served_topic), ServedFeedsSink(spark, settings),
+                   "served_to_hive", checkpoint_dir(settings, "served-feeds"), args.once, SERVED_TRIGGER_S),
+        ]
+
     print(f"streaming {settings.kafka.events_topic} -> {sink.table} and Redis aggregates "
           f"(checkpoints under {checkpoint.parent})", flush=True)
     if args.once:
-        for query in queries:
+        for query in start():
             query.awaitTermination()
     else:
-        spark.streams.awaitAnyTermination()  # one query failing stops the app; the supervisor restarts it
+        # a Kafka or metastore outage: wait for it and restart the queries here; any other failure
+        # stops the app, and the supervisor restarts it
+        run_resilient(spark, start, settings, "stream-events", log=lambda m: print(m, flush=True))
     totals = sink.totals
     print(f"stream-events done: {totals['valid']} events written to {sink.table} and aggregated into Redis, "
           f"{totals['rejected']} to {settings.kafka.dlq_topic}, {totals['duplicates']} duplicates dropped, "

@@ -42,3 +42,45 @@ def test_events_from_kafka_reach_redis_aggregates(settings, redis_client):
     assert 0 < redis_client.ttl(online.user_stats_key(user)) <= 300
     assert redis_client.zrange(online.user_recent_key(user), 0, -1) == [item]
     assert redis_client.zscore(online.trending_key("10m"), item) == 6.0
+
+
+class CrashAfter:
+    """A Redis client whose transactions fail (as a crashed driver would stop) after ``n`` of them ran."""
+
+    def __init__(self, client, n: int):
+        self.client, self.left = client, n
+
+    def get(self, key):
+        return self.client.get(key)
+
+    def pipeline(self, transaction=True):
+        if self.left == 0:
+            raise RuntimeError("driver crashed between chunks")
+        self.left -= 1
+        return self.client.pipeline(transaction=transaction)
+
+
+def test_a_batch_cut_into_chunks_and_replayed_after_a_crash_counts_once(redis_client):
+    tag = uuid.uuid4().hex[:8]
+    marker = online.key("agg", "batch", f"test-{tag}")
+    items = [f"i-{tag}-{n}" for n in range(25)]
+    users = [f"u-{tag}-{n}" for n in range(10)]
+    agg = BatchAggregates(panes_1m=[], panes_5m=[], popular=[(i, 2.0) for i in items],
+                          user_stats=[(u, "view", 3) for u in users], recent=[], events=30)
+    # 25 + 20 commands in chunks of 7: 7 transactions; the driver dies after 3 of them
+    try:
+        apply_aggregates(CrashAfter(redis_client, 3), marker, 5, agg, chunk_commands=7)
+        raise AssertionError("the crash was not injected")
+    except RuntimeError:
+        pass
+    assert redis_client.get(marker) is None and redis_client.get(marker + ":chunk") == "5:3"
+    # the replay of batch 5 (rows collected in another order) applies only the missing chunks
+    replay = BatchAggregates(panes_1m=[], panes_5m=[], popular=list(reversed(agg.popular)),
+                             user_stats=list(reversed(agg.user_stats)), recent=[], events=30)
+    assert apply_aggregates(redis_client, marker, 5, replay, chunk_commands=7)
+    assert not apply_aggregates(redis_client, marker, 5, agg, chunk_commands=7)
+    assert [redis_client.zscore(online.popular_key(), i) for i in items] == [2.0] * len(items)
+    assert [redis_client.hget(online.user_stats_key(u), "view") for u in users] == ["3"] * len(users)
+    assert redis_client.get(marker) == "5" and redis_client.get(marker + ":chunk") is None
+    redis_client.zrem(online.popular_key(), *items)
+    redis_client.delete(marker, marker + ":chunk", *[online.user_stats_key(u) for u in users])

@@ -36,7 +36,8 @@ for dag_id, dag in bag.dags.items():
         "catchup": dag.catchup,
         "max_active_runs": dag.max_active_runs,
         "tasks": {
-            t.task_id: {"retries": t.retries, "downstream": sorted(t.downstream_task_ids),
+            t.task_id: {"retries": t.retries, "retry_delay_s": t.retry_delay.total_seconds(),
+                        "backoff": bool(t.retry_exponential_backoff), "downstream": sorted(t.downstream_task_ids),
                         "upstream": sorted(t.upstream_task_ids), "operator": type(t).__name__,
                         "bash_command": getattr(t, "bash_command", None),
                         "application": getattr(t, "application", None),
@@ -130,3 +131,13 @@ def test_retrain_tasks_pass_ds(parsed):
 
 def test_parsing_imports_no_heavy_modules(parsed):
     assert parsed["heavy_imported"] == []
+
+
+def test_tasks_outlast_a_scheduler_and_a_metastore_restart(parsed):
+    # a scheduler kill kills the running task; a metastore restart takes minutes (docs/chaos.md):
+    # 4 retries, 1, 2, 4, 8 min apart
+    for dag_id, dag in parsed["dags"].items():
+        for task_id, task in dag["tasks"].items():
+            if task["operator"] == "BashSensor":
+                continue
+            assert task["retries"] >= 4 and task["backoff"] and task["retry_delay_s"] >= 60, (dag_id, task_id, task)

@@ -187,3 +187,43 @@ def test_the_admin_password_in_mlflows_user_db_follows_the_setting(monkeypatch, 
     mlflow_auth.sync_mlflow_admin(load_settings())
     assert store.authenticate_user("admin", "the-new-password")
     assert not store.authenticate_user("admin", "the-old-password")
+
+
+def test_batch_and_streaming_services_run_at_a_lower_cpu_priority(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("FEEDLOOP_HIVE__PASSWORD", "platform-password")
+    monkeypatch.setenv("FEEDLOOP_HIVE__ANALYST_PASSWORD", "analyst-password")
+    settings = load_settings()
+    assert settings.batch_nice == 10
+    for name in ("stream-events", "stream-learner", "thriftserver"):
+        argv, _, _ = commands.service_command(settings, name)
+        assert Path(argv[0]).name == "nice" and argv[1:3] == ["-n", "10"], argv
+    for name in ("api", "redis", "metastore"):  # the read path (and what it waits on) keeps the normal priority
+        argv, _, _ = commands.service_command(settings, name)
+        assert Path(argv[0]).name != "nice", argv
+    assert commands.with_priority(settings, "airflow-scheduler", ["airflow", "scheduler"])[-2:] == ["airflow", "scheduler"]
+    monkeypatch.setenv("FEEDLOOP_BATCH_NICE", "0")
+    argv, _, _ = commands.service_command(load_settings(), "stream-events")
+    assert Path(argv[0]).name == "feedloop"
+
+
+def test_kafka_recovers_with_parallel_threads_and_few_offsets_partitions(monkeypatch, tmp_path):
+    from infra.kafka_broker import kafka_config
+
+    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("FEEDLOOP_KAFKA__OFFSETS_PARTITIONS", "3")
+    props = dict(line.split("=", 1) for line in kafka_config(load_settings()).read_text().splitlines())
+    assert props["offsets.topic.num.partitions"] == "3"
+    assert props["num.recovery.threads.per.data.dir"] == "2"
+
+
+def test_batch_jobs_wait_a_bounded_while_for_the_metastore_and_the_thrift_server_does_not(monkeypatch, tmp_path):
+    from feedloop.sparkconf import spark_conf
+
+    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
+    settings = load_settings()
+    conf = spark_conf(settings, "feedloop-features")
+    assert conf["spark.hadoop.hive.metastore.connect.retries"] == "24"
+    assert conf["spark.hadoop.hive.metastore.client.connect.retry.delay"] == "5s"  # 2 min, then a clear failure
+    args = commands.spark_submit_conf(settings, "feedloop-thriftserver", 4041)
+    assert "spark.hadoop.hive.metastore.connect.retries=3" in args

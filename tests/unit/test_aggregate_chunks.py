@@ -1,0 +1,36 @@
+"""The sink's Redis writes cut into bounded, replayable chunks (pure logic; the real Redis: test_aggregates)."""
+
+from spark.stream_aggregates import BatchAggregates, applied_chunks, batch_commands, chunks
+
+
+def agg(order=1):
+    return BatchAggregates(
+        panes_1m=[(0, "i2", 1.0), (0, "i1", 2.0)][::order], panes_5m=[(0, "i1", 3.0)],
+        popular=[("i2", 1.0), ("i1", 2.0)][::order], user_stats=[("u2", "view", 1), ("u1", "click", 2)][::order],
+        recent=[("u1", "i1", 5), ("u1", "i2", 7), ("u2", "i1", 3)][::order], events=3)
+
+
+def test_commands_are_ordered_by_key_so_a_replay_cuts_the_same_chunks():
+    assert batch_commands(agg(1)) == batch_commands(agg(-1))
+    names = [c[0] for c in batch_commands(agg())]
+    # 2+1 pane increments, 2 pane expiries, 2 popular, 2x2 user stats, 2 users x 3 recent commands
+    assert len(names) == 3 + 2 + 2 + 4 + 6 and names.count("zadd") == 2
+
+
+def test_chunks_are_bounded_and_never_none():
+    cmds = list(range(10))
+    assert chunks(cmds, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert chunks([], 4) == [[]]  # a batch with nothing to increment still closes (watermark, batch id)
+
+
+class Store(dict):
+    def get(self, key):
+        return dict.get(self, key)
+
+
+def test_applied_chunks_reads_the_batch_marker_and_the_partial_marker():
+    assert applied_chunks(Store(), "m", 0) == 0
+    assert applied_chunks(Store({"m": "4"}), "m", 4) is None  # applied: skipped
+    assert applied_chunks(Store({"m": "4"}), "m", 3) is None  # older than the last applied
+    assert applied_chunks(Store({"m": "4", "m:chunk": "5:2"}), "m", 5) == 2  # two chunks of 5 done
+    assert applied_chunks(Store({"m": "4", "m:chunk": b"5:2"}), "m", 6) == 0  # a stale partial of another batch
