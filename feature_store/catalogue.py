@@ -16,7 +16,7 @@ expires after :data:`GRACE_S` (pages already being read finish on it). The curre
 version has no TTL: a catalogue does not go stale the way a feed does.
 
 Items are ordered by price, then item id (a sorted set's order); an item with no price
-sorts last and matches no ``max_price``. The API reads this layout in ``serving/items.py``.
+sorts last and matches no ``max_price``. Each API worker builds its search index from ``items`` (``serving/catalogues.py``).
 """
 
 from __future__ import annotations

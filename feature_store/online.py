@@ -67,8 +67,18 @@ def _escape(part: str) -> str:
 
 
 def feed_key(kind: str, ident: str) -> str:
-    """Pointer key of a feed; ``kind`` is ``seg`` or ``user``."""
+    """Pointer key of a feed; ``kind`` is ``seg``, ``user`` or :data:`CATEGORY_FEED`."""
     return key("feed", kind, ident)
+
+
+# A segment's feed within one category, published beside the segment feed (models.publish):
+# the candidates of the category-filtered feeds (GET /v1/feeds/...?category=).
+CATEGORY_FEED = "segcat"
+
+
+def category_feed_ident(segment: str, category: str) -> str:
+    """The id of ``segment``'s feed within ``category`` (feed kind :data:`CATEGORY_FEED`)."""
+    return f"{segment}~{category.lower()}"
 
 
 def user_profile_key(user_id: str) -> str:

@@ -6,7 +6,7 @@
 * ``serving/routes/feeds.py``: ``/v1/feeds/users/{user_id}``, ``/v1/feeds/segments/{segment}``,
   ``/v1/trending``, ``/v1/popular``;
 * ``serving/routes/users.py``: ``/v1/users/{user_id}/stats``;
-* ``serving/routes/items.py``: ``/v1/items`` (catalogue search, :mod:`serving.items`);
+* ``serving/routes/items.py``: ``/v1/items`` (catalogue search, :mod:`serving.search_index`);
 * ``serving/routes/events.py``: ``POST /v1/events`` (to Kafka, behind the API key);
 * ``serving/routes/health.py``: ``/healthz``, ``/readyz``;
 * ``serving/routes/metrics.py``: ``/metrics`` (:mod:`serving.metrics`).
@@ -35,6 +35,7 @@ from starlette.routing import Match, Route
 import feedloop
 from feedloop.settings import get_settings
 from serving import errors
+from serving.catalogues import Catalogues
 from serving.errors import ORJSONResponse
 from serving.kafka_producer import EventPublisher
 from serving.metrics import Metrics, TimingMiddleware, use_multiproc_dir
@@ -77,6 +78,7 @@ def create_app(settings=None, *, served_log: ServedLog | None = None, redis_clie
         publisher=EventPublisher.from_settings(settings),
         served=served,
         metrics=Metrics(),
+        catalogues=Catalogues(),
     )
     served.count_to(svc.metrics)
 

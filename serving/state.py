@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from feedloop.settings import Settings
+from serving.catalogues import Catalogues
 from serving.kafka_producer import EventPublisher
 from serving.metrics import Metrics
 from serving.served_log import ServedLog
@@ -28,6 +29,7 @@ class Services:
     publisher: EventPublisher  # events to Kafka, acknowledged, behind the Kafka breaker
     served: ServedLog  # served-feed records to Kafka, fire-and-forget
     metrics: Metrics
+    catalogues: Catalogues  # this worker's search index of the current catalogue
 
 
 def services(request: Request) -> Services:
