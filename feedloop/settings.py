@@ -218,6 +218,11 @@ class ModelSettings(_Section):
     tune_catalogue_change: float = 2.0  # ... or the catalogue grew or shrank by this factor
     validation_share: float = 0.2  # share of the training pairs held out for validation
     feed_size: int = 50
+    # Per-category segment feeds (the candidates of ?category= on the feed endpoints): this many
+    # items per segment and category, for at most this many categories (the largest); 0 turns them
+    # off. Redis holds about segments x categories x size x 22 bytes per publication (docs/serving.md).
+    category_feed_size: int = 50
+    category_feeds_max: int = 50
     aging_keep_share: float = 0.2  # share of the previous feed's unseen items a refresh keeps
     exploration_slots: int = 2  # slots reserved for new items in every feed
     new_item_days: int = 7  # items created this recently are exploration candidates
