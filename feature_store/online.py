@@ -62,6 +62,11 @@ def key(*parts: object) -> str:
     return ":".join([PREFIX] + [_escape(str(p)) for p in parts])
 
 
+def is_plain(part: str) -> bool:
+    """Whether :func:`key` leaves ``part`` as it is (no escaping)."""
+    return _UNESCAPED.fullmatch(part) is not None
+
+
 def _escape(part: str) -> str:
     return part if _UNESCAPED.fullmatch(part) else quote(part, safe=SAFE)
 

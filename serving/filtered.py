@@ -21,7 +21,7 @@ that feed, or other categories, start the pages again (``cursor_reset``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from feature_store import online
@@ -34,10 +34,11 @@ UNKNOWN_SEGMENT = "|".join((ANY, ANY, ANY))
 LIVE = (("trending", "1m"), ("trending", "10m"), ("popular", None))
 
 
-def feed_rows(feed: Mapping[str, Any]) -> Iterator[tuple[str, float | None]]:
-    scores = feed.get("scores") or []
-    for n, item in enumerate(feed["items"]):
-        yield item, scores[n] if n < len(scores) else None
+def feed_rows(feed: Mapping[str, Any]) -> Iterable[tuple[str, float | None]]:
+    items, scores = feed["items"], feed.get("scores") or []
+    if len(scores) >= len(items):
+        return zip(items, scores)
+    return zip(items, [*scores, *[None] * (len(items) - len(scores))])
 
 
 def merged_by_score(feeds: list[Mapping[str, Any]]) -> list[tuple[str, float | None]]:
@@ -49,19 +50,31 @@ def merged_by_score(feeds: list[Mapping[str, Any]]) -> list[tuple[str, float | N
 
 
 class Candidates:
-    """The merged list: items of the wanted categories, each once, none skipped."""
+    """The merged list: items of the wanted categories, each once, none skipped; it stops
+    growing at ``need`` entries (a page and one more)."""
 
-    def __init__(self, categories: Iterable[str], category_of: Mapping[str, str], skip: frozenset[str]) -> None:
+    def __init__(self, categories: Iterable[str], category_of: Mapping[str, str], skip: frozenset[str],
+                 need: int = 1 << 30) -> None:
         self.categories = frozenset(categories)
         self.category_of = category_of
         self.taken = set(skip)
         self.entries: list[tuple[str, float | None, str]] = []
+        self.need = need
 
     def add(self, rows: Iterable[tuple[str, float | None]], source: str) -> None:
+        room = self.need - len(self.entries)
+        get, wanted, taken, append = self.category_of.get, self.categories, self.taken, self.entries.append
         for item, score in rows:
-            if item not in self.taken and self.category_of.get(item) in self.categories:
-                self.taken.add(item)
-                self.entries.append((item, score, source))
+            if room <= 0:
+                return
+            if item not in taken and get(item) in wanted:
+                taken.add(item)
+                append((item, score, source))
+                room -= 1
+
+    @property
+    def full(self) -> bool:
+        return len(self.entries) >= self.need
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -106,8 +119,8 @@ def filtered_page(candidates: Candidates, meta: dict[str, Any], categories: list
     }
 
 
-async def _add_segments(store: FeedStore, candidates: Candidates, chain: list[str], categories: list[str],
-                        need: int) -> tuple[dict[str, Any] | None, str | None, str | None]:
+async def _add_segments(store: FeedStore, candidates: Candidates, chain: list[str],
+                        categories: list[str]) -> tuple[dict[str, Any] | None, str | None, str | None]:
     """Adds the chain's segment candidates; returns (first feed found, its segment, first segment used)."""
     refs = []
     for segment in chain:
@@ -116,7 +129,7 @@ async def _add_segments(store: FeedStore, candidates: Candidates, chain: list[st
     feeds = iter(await store.feeds(refs))
     first, first_segment, used = None, None, None
     for segment in chain:
-        if len(candidates) >= need:
+        if candidates.full:
             break
         whole = next(feeds)
         by_category = [f for f in (next(feeds) for _ in categories) if f is not None]
@@ -131,29 +144,49 @@ async def _add_segments(store: FeedStore, candidates: Candidates, chain: list[st
     return first, first_segment, used
 
 
+async def _user_start(store: FeedStore, user_id: str, categories: list[str], exclude: frozenset[str],
+                      category_of: Mapping[str, str], need: int):
+    """(candidates from the user's own feed and the category feeds of the first segment of their
+    chain that has any, meta, segments still to read, segment used): one round trip."""
+    if all(online.is_plain(c) for c in categories):
+        segment, recent, own, by_category = await store.user_view_categories(user_id, categories)
+    else:
+        (segment, recent, own), by_category = await store.user_view(user_id), None
+    chain = fallbacks(segment or UNKNOWN_SEGMENT)
+    candidates = Candidates(categories, category_of, recent | exclude, need)
+    meta, used = None, None
+    if own is not None:
+        candidates.add(feed_rows(own), "user")
+        meta = _meta("user", user_id, own)
+    if by_category is not None and by_category[0] in chain:
+        found_segment, feeds = by_category[0], [f for f in by_category[1] if f is not None]
+        before = len(candidates)
+        candidates.add(merged_by_score(feeds), "segment")
+        meta = meta or _meta("segment", found_segment, feeds[0])
+        used = found_segment if len(candidates) > before else None
+        # the segments before it have no category feeds (their whole feeds are read only if still short)
+    return candidates, meta, chain, used
+
+
 async def resolve_filtered(store: FeedStore, category_of: Mapping[str, str], categories: list[str], *,
                            user_id: str | None = None, segment: str | None = None, pinned: str | None = None,
                            offset: int = 0, limit: int = 20,
                            exclude: frozenset[str] = frozenset()) -> dict[str, Any] | None:
     """A filtered page for ``user_id`` (own feed, segment chain, live rankings) or for ``segment``
     (that segment's feeds, live rankings); None when ``segment`` has no feed published."""
-    if user_id is not None:
-        user_segment, recent, own = await store.user_view(user_id)
-        chain = fallbacks(user_segment or UNKNOWN_SEGMENT)
-    else:
-        recent, own, chain = frozenset(), None, [segment]
-    candidates = Candidates(categories, category_of, recent | exclude)
     need = offset + limit + 1  # one more tells whether there is a next page
-    meta = None
-    if own is not None:
-        candidates.add(feed_rows(own), "user")
-        meta = _meta("user", user_id, own)
-    first, first_segment, used = await _add_segments(store, candidates, chain, categories, need)
-    if user_id is None and first is None:
-        return None
-    if meta is None and first is not None:
-        meta = _meta("segment", first_segment, first)
-    if len(candidates) < need:
+    if user_id is not None:
+        candidates, meta, chain, used = await _user_start(store, user_id, categories, exclude, category_of, need)
+    else:
+        candidates, meta, chain, used = Candidates(categories, category_of, exclude, need), None, [segment], None
+    if not candidates.full and chain:
+        first, first_segment, used_later = await _add_segments(store, candidates, chain, categories)
+        if user_id is None and first is None:
+            return None
+        if meta is None and first is not None:
+            meta = _meta("segment", first_segment, first)
+        used = used or used_later
+    if not candidates.full:
         keys = [online.trending_key(w) if w else online.popular_key() for _, w in LIVE]
         for (source, _), (_, rows) in zip(LIVE, await store.zset_pages(keys, 0, LIVE_SCAN)):
             candidates.add(rows, source)

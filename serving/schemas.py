@@ -179,7 +179,7 @@ class ItemPage(BaseModel):
     items: list[CatalogueItem] = Field(description="by relevance with q (else by price), or as `sort` asks")
     total: int = Field(description="hits in all (pages end at offset 10,000)")
     facets: dict[str, dict[str, int]] | None = Field(
-        description="`category`: hits per category, before the category filter (text queries only)")
+        description="with `facets=category` and `q`: hits per category, before the category filter")
     catalogue_version: str | None = Field(description="the catalogue version searched; null until one is published")
     next_cursor: str | None = Field(description="pass as ?cursor= (with the same filters) for the next page")
     cursor_reset: bool = Field(description="the cursor's catalogue was replaced: this page starts again at 0")

@@ -53,10 +53,10 @@ def _offset(cursor: str | None) -> tuple[str | None, int]:
     summary="Search the catalogue",
     description=(
         "Full-text search over titles and keywords (BM25, a title match ranks above a keyword match; "
-        "one typo per word of 4+ letters and a prefix of the last word are tolerated), with facets: "
+        "one typo per word of 3+ letters and a prefix of the last word are tolerated), with facets: "
         "`category` (comma-separated, any case), price range (`min_price` ≤ price ≤ `max_price`). "
         "Ordered by relevance with `q`, else by price; `sort=price` / `price_desc` on request. "
-        "`facets.category` counts the hits per category (text queries). Every page comes from one "
+        "`facets=category` counts the hits per category (text queries). Every page comes from one "
         "catalogue version (`catalogue_version`)."
     ),
 )
@@ -67,6 +67,7 @@ async def search_items(
     max_price: float | None = Query(None, ge=0, allow_inf_nan=False),
     q: str | None = Query(None, max_length=MAX_QUERY_LEN, description="words to find", examples=["epic comdy"]),
     sort: Literal["relevance", "price", "price_desc"] | None = Query(None, description="default: relevance with q"),
+    facets: Literal["category"] | None = Query(None, description="`category`: count the hits per category (with q)"),
     limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_ITEMS_LIMIT),
     cursor: str | None = Query(None, max_length=MAX_CURSOR_LEN, description="`next_cursor` of the previous page"),
 ):
@@ -84,7 +85,7 @@ async def search_items(
     reset = pinned is not None and pinned != index.version
     start = 0 if reset else offset
     hits = index.search(q, categories=categories, min_price=min_price, max_price=max_price, sort=sort,
-                        limit=limit, offset=start)
+                        limit=limit, offset=start, facets=facets == "category")
     more = start + len(hits.items) < min(hits.total, MAX_OFFSET)
     nxt = encode_cursor(f"{CURSOR_PREFIX}{index.version}", start + limit) if more and hits.items else None
     return json_response({"items": hits.items, "total": hits.total,

@@ -385,7 +385,7 @@ def test_items_by_price_range_and_text(api, catalogue, uid):
     served_catalogue(api, catalogue[0])
     body = api.get("/v1/items", params={"min_price": 12, "max_price": 15, "limit": 100}).json()
     assert _ids(body) == [f"b-{uid}-02", f"b-{uid}-03", f"b-{uid}-04", f"b-{uid}-05", f"s-{uid}-03"]  # ties by id
-    body = api.get("/v1/items", params={"q": "RED winter", "limit": 100, "sort": "price"}).json()
+    body = api.get("/v1/items", params={"q": "RED winter", "limit": 100, "sort": "price", "facets": "category"}).json()
     # boots by title and keyword; hats by keywords only (no price: last)
     assert _ids(body) == [f"b-{uid}-{n:02d}" for n in range(10)] + [f"h-{uid}-{n:02d}" for n in range(3)]
     assert body["facets"] == {"category": {"shoes": 10, "hats": 3}}

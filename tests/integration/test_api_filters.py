@@ -141,7 +141,7 @@ def test_search_finds_a_misspelt_title_and_ranks_the_title_match_first(private, 
     assert _ids(body) == ["t1", "k1"]  # the title match first, although dearer
     assert _ids(api.get("/v1/items", params={"q": "comedy", "sort": "price"}).json()) == ["k1", "t1"]
     assert _ids(api.get("/v1/items", params={"q": "quiet riv"}).json()) == ["x1"]  # prefix of the last word
-    body = api.get("/v1/items", params={"q": "live", "category": "drama"}).json()
+    body = api.get("/v1/items", params={"q": "live", "category": "drama", "facets": "category"}).json()
     assert body["items"] == [] and body["facets"] == {"category": {"comedy": 2}}
 
 

@@ -61,10 +61,11 @@ def test_a_number_is_matched_exactly_unless_it_is_the_last_word(index):
 
 
 def test_facets_count_hits_per_category_before_the_category_filter(index):
-    hits = index.search("live", categories=["COMEDY"])
+    hits = index.search("live", categories=["COMEDY"], facets=True)
     assert hits.total == 2 and hits.facets == {"comedy": 2}
-    hits = index.search("epic", categories=["drama"])
+    hits = index.search("epic", categories=["drama"], facets=True)
     assert hits.items == [] and hits.total == 0 and hits.facets == {"music": 2}
+    assert index.search("epic").facets is None and index.search("epic").total == 2  # facets are asked for
 
 
 def test_price_range_and_price_order(index):
@@ -83,6 +84,11 @@ def test_pages_and_the_category_map(index):
 def test_a_duplicate_document_is_indexed_once():
     twice = SearchIndex.build("1", [ROWS[0], ROWS[0]])
     assert len(twice) == 1 and twice.search("night").total == 1
+
+
+def test_answers_are_cached_per_query(index):
+    first = index.search("dark", limit=1)
+    assert index.search("dark", limit=1) is first and index.search("dark", limit=2) is not first
 
 
 def test_unknown_sort_is_refused(index):
