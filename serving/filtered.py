@@ -12,7 +12,8 @@ A filtered page is a slice of one merged list of candidates, each item once, in 
 
 Items the user saw recently and the client's ``exclude`` ids never enter the list. Each
 item says its ``source``; the page's ``sources`` lists them in order. Item categories come
-from the worker's copy of the current catalogue (:mod:`serving.catalogues`).
+from the worker's copy of the current catalogue (:mod:`serving.catalogues`), as the set of
+the wanted categories' item ids.
 
 The page's ``feed_id`` is the first published feed's (``user:<id>@<pub>``, else the
 segment's) with ``?category=...`` appended: the cursor pins it, so a new publication of
@@ -21,7 +22,7 @@ that feed, or other categories, start the pages again (``cursor_reset``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 from feature_store import online
@@ -50,24 +51,22 @@ def merged_by_score(feeds: list[Mapping[str, Any]]) -> list[tuple[str, float | N
 
 
 class Candidates:
-    """The merged list: items of the wanted categories, each once, none skipped; it stops
-    growing at ``need`` entries (a page and one more)."""
+    """The merged list: items in ``allowed`` (the item ids of the wanted categories), each once,
+    none skipped; it stops growing at ``need`` entries (a page and one more)."""
 
-    def __init__(self, categories: Iterable[str], category_of: Mapping[str, str], skip: frozenset[str],
-                 need: int = 1 << 30) -> None:
-        self.categories = frozenset(categories)
-        self.category_of = category_of
+    def __init__(self, allowed: Container[str], skip: frozenset[str], need: int = 1 << 30) -> None:
+        self.allowed = allowed
         self.taken = set(skip)
         self.entries: list[tuple[str, float | None, str]] = []
         self.need = need
 
     def add(self, rows: Iterable[tuple[str, float | None]], source: str) -> None:
         room = self.need - len(self.entries)
-        get, wanted, taken, append = self.category_of.get, self.categories, self.taken, self.entries.append
+        allowed, taken, append = self.allowed, self.taken, self.entries.append
         for item, score in rows:
             if room <= 0:
                 return
-            if item not in taken and get(item) in wanted:
+            if item in allowed and item not in taken:
                 taken.add(item)
                 append((item, score, source))
                 room -= 1
@@ -145,7 +144,7 @@ async def _add_segments(store: FeedStore, candidates: Candidates, chain: list[st
 
 
 async def _user_start(store: FeedStore, user_id: str, categories: list[str], exclude: frozenset[str],
-                      category_of: Mapping[str, str], need: int):
+                      allowed: Container[str], need: int):
     """(candidates from the user's own feed and the category feeds of the first segment of their
     chain that has any, meta, segments still to read, segment used): one round trip."""
     if all(online.is_plain(c) for c in categories):
@@ -153,7 +152,7 @@ async def _user_start(store: FeedStore, user_id: str, categories: list[str], exc
     else:
         (segment, recent, own), by_category = await store.user_view(user_id), None
     chain = fallbacks(segment or UNKNOWN_SEGMENT)
-    candidates = Candidates(categories, category_of, recent | exclude, need)
+    candidates = Candidates(allowed, recent | exclude, need)
     meta, used = None, None
     if own is not None:
         candidates.add(feed_rows(own), "user")
@@ -168,17 +167,18 @@ async def _user_start(store: FeedStore, user_id: str, categories: list[str], exc
     return candidates, meta, chain, used
 
 
-async def resolve_filtered(store: FeedStore, category_of: Mapping[str, str], categories: list[str], *,
+async def resolve_filtered(store: FeedStore, allowed: Container[str], categories: list[str], *,
                            user_id: str | None = None, segment: str | None = None, pinned: str | None = None,
                            offset: int = 0, limit: int = 20,
                            exclude: frozenset[str] = frozenset()) -> dict[str, Any] | None:
     """A filtered page for ``user_id`` (own feed, segment chain, live rankings) or for ``segment``
-    (that segment's feeds, live rankings); None when ``segment`` has no feed published."""
+    (that segment's feeds, live rankings); None when ``segment`` has no feed published.
+    ``allowed``: the item ids of ``categories`` (:meth:`SearchIndex.members_of`)."""
     need = offset + limit + 1  # one more tells whether there is a next page
     if user_id is not None:
-        candidates, meta, chain, used = await _user_start(store, user_id, categories, exclude, category_of, need)
+        candidates, meta, chain, used = await _user_start(store, user_id, categories, exclude, allowed, need)
     else:
-        candidates, meta, chain, used = Candidates(categories, category_of, exclude, need), None, [segment], None
+        candidates, meta, chain, used = Candidates(allowed, exclude, need), None, [segment], None
     if not candidates.full and chain:
         first, first_segment, used_later = await _add_segments(store, candidates, chain, categories)
         if user_id is None and first is None:

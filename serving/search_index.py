@@ -11,7 +11,7 @@ API gains no dependency and stays free of TensorFlow and Spark.
   index's vocabulary matches the vocabulary words one edit away (deletion, insertion,
   substitution or transposition of one letter): ``comdy`` finds ``comedy``. Numbers are
   never corrected (``981`` must not find ``91``).
-* **Prefixes**: the last query word also matches as a prefix (search as you type).
+* **Prefixes**: the last query word also matches the words it begins (search as you type).
 * Every word must match (AND); a word that matches nothing, even one edit away, gives no hits.
 * **Facets**: ``categories`` filters, and with ``facets=True`` a text search also counts
   the hits per category (before the category filter, as shops show them; it costs a second
@@ -30,6 +30,7 @@ import math
 import re
 import sqlite3
 import unicodedata
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ MAX_QUERY_WORDS = 8
 MAX_VARIANTS = 20  # corrections kept per word, so a short word cannot blow up the query
 SORTS = ("relevance", "price", "price_desc")
 CACHE_SIZE = 2048
+UNION_CACHE = 64
 LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
 # FTS5's unicode61 tokenizer: letters and digits are token characters, everything else separates.
 _WORD = re.compile(r"[^\W_]+")
@@ -85,26 +87,44 @@ def _quoted(term: str) -> str:
     return '"' + term.replace('"', '""') + '"'
 
 
-def alternatives(word: str, vocabulary: set[str] | frozenset[str], last: bool) -> list[str]:
-    """The FTS5 terms one query word may match: itself when indexed, else its corrections; and
-    itself as a prefix when it is the last word."""
+def completions(prefix: str, terms: list[str], most: int = MAX_VARIANTS) -> list[str] | None:
+    """The vocabulary words (``terms``, sorted) that start with ``prefix``; None when more than ``most``."""
     out = []
-    if word in vocabulary:
-        out.append(_quoted(word))
-    elif len(word) >= MIN_TYPO_LEN and not word.isdigit():
-        out += [_quoted(w) for w in sorted(one_edit(word) & vocabulary)[:MAX_VARIANTS]]
-    if last and len(word) >= MIN_PREFIX_LEN:
-        out.append(_quoted(word) + "*")
+    for n in range(bisect_left(terms, prefix), len(terms)):
+        if not terms[n].startswith(prefix):
+            break
+        if len(out) == most:
+            return None
+        out.append(terms[n])
     return out
 
 
-def match_expression(text: str, vocabulary: set[str] | frozenset[str]) -> str | None:
+def alternatives(word: str, vocabulary: set[str] | frozenset[str], last: bool,
+                 terms: list[str] | None = None) -> list[str]:
+    """The FTS5 terms one query word may match: itself when indexed, else its corrections; and,
+    when it is the last word, the words it begins (named one by one when there are few: an FTS5
+    prefix query merges every matching word's postings, which costs milliseconds on a common
+    word; ``"word"*`` when there are many)."""
+    found = [word] if word in vocabulary else []
+    prefix_query = None
+    if last and len(word) >= MIN_PREFIX_LEN:
+        more = completions(word, terms if terms is not None else sorted(vocabulary))
+        if more is None:
+            prefix_query = _quoted(word) + "*"
+        else:
+            found += [w for w in more if w != word]
+    if not found and prefix_query is None and len(word) >= MIN_TYPO_LEN and not word.isdigit():
+        found = sorted(one_edit(word) & vocabulary)[:MAX_VARIANTS]
+    return [_quoted(w) for w in found] + ([prefix_query] if prefix_query else [])
+
+
+def match_expression(text: str, vocabulary: set[str] | frozenset[str], terms: list[str] | None = None) -> str | None:
     """The FTS5 MATCH expression of a query (every word must match), or None when a word
     matches nothing at all (then no item can match)."""
     found = words(text)[:MAX_QUERY_WORDS]
     groups = []
     for n, word in enumerate(found):
-        alts = alternatives(word, vocabulary, n == len(found) - 1)
+        alts = alternatives(word, vocabulary, n == len(found) - 1, terms)
         if not alts:
             return None
         groups.append("(" + " OR ".join(alts) + ")")
@@ -130,9 +150,12 @@ class SearchIndex:
     categories: frozenset[str] = frozenset()
     # by rowid (0 unused): the facet counts are taken in Python over the matching rowids,
     # which costs a third of a GROUP BY over the join
+    members: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)  # category -> item ids
     row_category: list[str] = field(default_factory=list, repr=False)
     row_price: list[float | None] = field(default_factory=list, repr=False)
     cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    terms: list[str] = field(default_factory=list, repr=False)  # the vocabulary, sorted
+    unions: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     @classmethod
     def build(cls, version: str, docs: Iterable[str | bytes | Mapping[str, Any]]) -> "SearchIndex":
@@ -157,11 +180,32 @@ class SearchIndex:
         db.execute("CREATE VIRTUAL TABLE vocab USING fts5vocab(fts, 'row')")
         vocabulary = frozenset(term for (term,) in db.execute("SELECT term FROM vocab"))
         db.commit()
-        return cls(version, db, vocabulary, seen, frozenset(seen.values()),
-                   [""] + [r[2] for r in rows], [None] + [r[3] for r in rows])
+        members: dict[str, set[str]] = {}
+        for item, category in seen.items():
+            members.setdefault(category, set()).add(item)
+        return cls(version, db, vocabulary, seen, categories=frozenset(members), terms=sorted(vocabulary),
+                   members={c: frozenset(m) for c, m in members.items()},
+                   row_category=[""] + [r[2] for r in rows], row_price=[None] + [r[3] for r in rows])
 
     def __len__(self) -> int:
         return len(self.category_of)
+
+    def members_of(self, categories: Iterable[str]) -> frozenset[str]:
+        """The item ids of these categories (lower case), as one set: what the filtered feeds test
+        each candidate against (one probe of a set the size of the categories, where a lookup in
+        the whole catalogue's map costs a cache miss on a large catalogue). The last
+        :data:`UNION_CACHE` sets are kept."""
+        key = tuple(sorted(set(categories)))
+        found = self.unions.get(key)
+        if found is None:
+            if len(key) == 1:
+                found = self.members.get(key[0], frozenset())
+            else:
+                found = frozenset().union(*(self.members.get(c, ()) for c in key))
+            self.unions[key] = found
+            if len(self.unions) > UNION_CACHE:
+                self.unions.popitem(last=False)
+        return found
 
     def search(self, text: str | None = None, *, categories: Iterable[str] = (), min_price: float | None = None,
                max_price: float | None = None, sort: str | None = None, limit: int = 20, offset: int = 0,
@@ -194,7 +238,7 @@ class SearchIndex:
         in_categories = f"i.category IN ({','.join('?' * len(wanted))})" if wanted else None
         if not text:
             return self._browse(filters + ([in_categories] if wanted else []), args + list(wanted), sort, limit, offset)
-        expression = match_expression(text, self.vocabulary)
+        expression = match_expression(text, self.vocabulary, self.terms)
         if expression is None:
             return Hits([], 0, {} if facets else None)
         if facets or filters or wanted:

@@ -136,14 +136,15 @@ def feed_query(request: Request, id_name: str) -> FeedQuery:
     return FeedQuery(ident, limit, pinned, offset, sorted({c.lower() for c in categories}), frozenset(exclude))
 
 
-async def known_categories(svc: Services, categories: list[str]) -> dict[str, str]:
-    """The current catalogue's item categories; raises :class:`BadInput` naming an unknown category."""
+async def known_categories(svc: Services, categories: list[str]) -> frozenset[str]:
+    """The item ids of ``categories`` in the current catalogue; raises :class:`BadInput` naming an
+    unknown category."""
     index = await svc.catalogues.get(svc.store)
     known = index.categories if index is not None else frozenset()
     unknown = [c for c in categories if c not in known]
     if unknown:
         raise BadInput.one("category", f"unknown category {unknown[0]!r}; known: {', '.join(sorted(known)[:50])}")
-    return index.category_of
+    return index.members_of(categories)
 
 
 # -- the fallback chain ---------------------------------------------------------------
@@ -217,13 +218,13 @@ async def user_feed(request: Request):
     svc = services(request)
     try:
         user_id, limit, pinned, offset, categories, exclude = feed_query(request, "user_id")
-        category_of = await known_categories(svc, categories) if categories else None
+        allowed = await known_categories(svc, categories) if categories else None
     except BadInput as exc:
         return exc.response()
-    if category_of is None:
+    if allowed is None:
         body = await resolve_user_page(svc.store, user_id, pinned, offset, limit, exclude)
     else:
-        body = await resolve_filtered(svc.store, category_of, categories, user_id=user_id, pinned=pinned,
+        body = await resolve_filtered(svc.store, allowed, categories, user_id=user_id, pinned=pinned,
                                       offset=offset, limit=limit, exclude=exclude)
     if body["source"] != "user":
         svc.metrics.inc(*FEED_FALLBACKS, source=body["source"])
@@ -242,15 +243,15 @@ async def segment_feed(request: Request):
     svc = services(request)
     try:
         segment, limit, pinned, offset, categories, exclude = feed_query(request, "segment")
-        category_of = await known_categories(svc, categories) if categories else None
+        allowed = await known_categories(svc, categories) if categories else None
     except BadInput as exc:
         return exc.response()
     request.state.source = "segment"
-    if category_of is None:
+    if allowed is None:
         (feed,) = await svc.store.feeds([("seg", segment)])
         body = published_page(feed, "segment", segment, pinned, offset, limit, exclude) if feed else None
     else:
-        body = await resolve_filtered(svc.store, category_of, categories, segment=segment, pinned=pinned,
+        body = await resolve_filtered(svc.store, allowed, categories, segment=segment, pinned=pinned,
                                       offset=offset, limit=limit, exclude=exclude)
     if body is None:
         return json_response({"error": f"no feed published for segment {segment!r}", "field": "segment",

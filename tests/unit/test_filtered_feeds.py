@@ -12,13 +12,14 @@ from serving.catalogues import Catalogues
 from serving.filtered import Candidates, filtered_page, merged_by_score
 from serving.pages import decode_cursor
 
-CATEGORY_OF = {"a1": "a", "a2": "a", "a3": "a", "b1": "b", "b2": "b"}
+CATEGORY_A = frozenset({"a1", "a2", "a3"})
+CATEGORIES_AB = CATEGORY_A | {"b1", "b2"}
 META = {"source": "user", "feed_id": "user:u1@5", "model_version": "7", "generated_at_ms": 1767225600000,
         "publication": "5"}
 
 
 def test_candidates_keep_the_categories_once_and_skip_excluded_items():
-    found = Candidates(["a"], CATEGORY_OF, frozenset({"a2"}))
+    found = Candidates(CATEGORY_A, frozenset({"a2"}))
     found.add([("a1", 0.9), ("b1", 0.8), ("a2", 0.7), ("zz", 0.6)], "user")
     found.add([("a1", 0.5), ("a3", 0.4)], "segment")
     assert found.entries == [("a1", 0.9, "user"), ("a3", 0.4, "segment")]
@@ -31,7 +32,7 @@ def test_category_feeds_merge_by_score():
 
 
 def test_pages_say_their_sources_and_pin_the_feed_and_categories():
-    found = Candidates(["a", "b"], CATEGORY_OF, frozenset())
+    found = Candidates(CATEGORIES_AB, frozenset())
     found.add([("a1", 0.9)], "user")
     found.add([("b1", 0.5), ("a2", 0.4)], "segment")
     found.add([("b2", 3.0)], "popular")
@@ -83,6 +84,7 @@ def test_a_new_catalogue_is_built_in_the_background_and_swapped_whole():
         await copies.building[1]
         newer = await copies.get(store)
         assert newer.version == "2" and newer.categories == {"new"}
+        assert newer.members_of(["new"]) == {"new0", "new1", "new2", "new3"} and first.members_of(["new"]) == set()
         assert catalogue.items_key("2").split(":")[2] == "2"
         return store.scans
 

@@ -40,9 +40,12 @@ def test_alternatives_correct_unknown_words_but_never_numbers():
     vocab = frozenset({"comedy", "91", "981"})
     assert alternatives("comdy", vocab, last=False) == ['"comedy"']
     assert alternatives("9811", vocab, last=False) == []
-    assert alternatives("com", vocab, last=True) == ['"com"*']
+    assert alternatives("com", vocab, last=True) == ['"comedy"']  # the words it begins, named
+    assert alternatives("9", vocab, last=True) == []  # one letter: too short a prefix
+    many = frozenset(f"w{n:03d}" for n in range(100))
+    assert alternatives("w0", many, last=True) == ['"w0"*']  # too many to name: a prefix query
     assert match_expression("zzzzzz comedy", vocab) is None  # a word that matches nothing: no hits
-    assert match_expression('Comedy, "co', vocab) == '("comedy") AND ("co"*)'  # quotes never reach FTS5
+    assert match_expression('Comedy, "co', vocab) == '("comedy") AND ("comedy")'  # quotes never reach FTS5
 
 
 def test_title_match_ranks_above_a_keyword_match(index):
@@ -78,6 +81,8 @@ def test_price_range_and_price_order(index):
 def test_pages_and_the_category_map(index):
     assert ids(index.search(None, limit=2, offset=4)) == ["t1", "d2"]
     assert index.category_of["t1"] == "comedy" and index.categories == {"comedy", "drama", "music"}
+    assert index.members_of(["drama", "music"]) == {"d1", "d2", "m1", "m2"} and index.members_of(["none"]) == set()
+    assert index.members_of(["music", "drama"]) is index.members_of(["drama", "music"])
     assert len(index) == 6
 
 
