@@ -180,6 +180,18 @@ class ApiSettings(_Section):
     _ports = field_validator("port")(_check_port)
 
 
+class SearchSettings(_Section):
+    # Catalogue search (GET /v1/items). "embedded": each API worker's in-memory SQLite FTS5 index
+    # (serving/search_index.py), nothing to run. "opensearch": an OpenSearch (or Elasticsearch 8)
+    # cluster at url; publication indexes each catalogue version as <index_prefix>-<version>
+    # (feature_store/search_engine.py) and the API queries the version it serves. Not run against
+    # a live cluster in this repository's tests (docs/serving.md).
+    backend: Literal["embedded", "opensearch"] = "embedded"
+    url: str = "http://127.0.0.1:9200"
+    index_prefix: str = "feedloop-catalogue"
+    timeout_s: float = 0.5
+
+
 class ModelSettings(_Section):
     # The two-tower model and its training: every field of models.two_tower.TowerConfig, then the
     # training knobs. One path reads them (models.tuning.base_params): the DAG's train step,
@@ -257,6 +269,7 @@ class Settings(_Section):
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
 
     # -- derived paths -------------------------------------------------

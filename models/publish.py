@@ -217,10 +217,7 @@ def publish_feeds_from_model(
     profiles = write_profiles(client, user_features)
     log(f"wrote {profiles:,} user profiles")
     if "title" in items:
-        from feature_store.catalogue import write_catalogue
-
-        write_catalogue(client, items.to_dict("records"))
-        log(f"wrote the catalogue of {len(items):,} items (GET /v1/items)")
+        publish_catalogue(client, items, settings, log)
     feeds = build_feeds(model, model_version, user_features, catalogue, recent, settings.model.feed_size, log,
                         settings.model.category_feed_size, settings.model.category_feeds_max)
     feeds = age_and_explore(client, feeds, items, recent, settings)
@@ -235,6 +232,28 @@ def publish_feeds_from_model(
     client.expire(publication_summary_key(), SUMMARY_TTL_S)
     log(result.summary())
     return result
+
+
+def publish_catalogue(client: redis.Redis, items: pd.DataFrame, settings: Settings,
+                      log: Callable[[str], None] = print) -> str:
+    """The catalogue as a new version in Redis (GET /v1/items, the filtered feeds), and with
+    ``search.backend: opensearch`` in the cluster too, before the version becomes current."""
+    from feature_store import search_engine
+    from feature_store.catalogue import pointer_key, write_catalogue
+
+    search = settings.search
+
+    def index_remotely(version: str, docs: list) -> None:
+        log(f"indexed the catalogue in {search_engine.publish(search.url, search.index_prefix, version, docs)}")
+
+    fill = index_remotely if search.backend == "opensearch" else None
+    previous = client.get(pointer_key())
+    version = write_catalogue(client, items.to_dict("records"), before_flip=fill)
+    log(f"wrote the catalogue of {len(items):,} items, version {version} (GET /v1/items)")
+    if fill is not None:
+        keep = [version] + ([previous.decode() if isinstance(previous, bytes) else previous] if previous else [])
+        search_engine.drop_old(search.url, search.index_prefix, keep)
+    return version
 
 
 # ------------------------------------------------------------------ thin layers

@@ -27,6 +27,7 @@ from __future__ import annotations
 import gc
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
@@ -62,6 +63,8 @@ async def lifespan(app: FastAPI):
     yield
     svc: Services = app.state.services
     await svc.store.close()
+    if svc.search_http is not None:
+        await svc.search_http.aclose()
     await run_in_threadpool(svc.publisher.close)
     await run_in_threadpool(svc.served.close)
 
@@ -78,7 +81,9 @@ def create_app(settings=None, *, served_log: ServedLog | None = None, redis_clie
         publisher=EventPublisher.from_settings(settings),
         served=served,
         metrics=Metrics(),
-        catalogues=Catalogues(),
+        catalogues=Catalogues(freeze_gc=True),
+        search_http=(httpx.AsyncClient(base_url=settings.search.url, timeout=settings.search.timeout_s)
+                     if settings.search.backend == "opensearch" else None),
     )
     served.count_to(svc.metrics)
 

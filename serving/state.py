@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+import httpx
 from fastapi import Depends, Request
 
 from feedloop.settings import Settings
@@ -30,6 +31,7 @@ class Services:
     served: ServedLog  # served-feed records to Kafka, fire-and-forget
     metrics: Metrics
     catalogues: Catalogues  # this worker's search index of the current catalogue
+    search_http: httpx.AsyncClient | None = None  # search.backend: opensearch (serving/search_remote.py)
 
 
 def services(request: Request) -> Services:

@@ -7,6 +7,8 @@ from typing import Literal
 
 from fastapi import APIRouter, Query
 
+from feature_store.search_engine import index_name
+from serving import search_remote
 from serving.errors import BadInput, json_response
 from serving.pages import decode_cursor, encode_cursor
 from serving.schemas import DEFAULT_LIMIT, MAX_CURSOR_LEN, ItemPage, errors
@@ -84,8 +86,14 @@ async def search_items(
                               "next_cursor": None, "cursor_reset": False})
     reset = pinned is not None and pinned != index.version
     start = 0 if reset else offset
-    hits = index.search(q, categories=categories, min_price=min_price, max_price=max_price, sort=sort,
-                        limit=limit, offset=start, facets=facets == "category")
+    if svc.search_http is not None:  # search.backend: opensearch, the index of the same version
+        hits = await search_remote.search(
+            svc.search_http, index_name(svc.settings.search.index_prefix, index.version), q, categories=categories,
+            min_price=min_price, max_price=max_price, sort=sort, limit=limit, offset=start,
+            facets=facets == "category")
+    else:
+        hits = index.search(q, categories=categories, min_price=min_price, max_price=max_price, sort=sort,
+                            limit=limit, offset=start, facets=facets == "category")
     more = start + len(hits.items) < min(hits.total, MAX_OFFSET)
     nxt = encode_cursor(f"{CURSOR_PREFIX}{index.version}", start + limit) if more and hits.items else None
     return json_response({"items": hits.items, "total": hits.total,
