@@ -105,6 +105,23 @@ def test_category_feed_holds_only_the_category_never_seen_or_excluded_and_falls_
     assert not set(_ids(rest)) & set(_ids(body))
 
 
+def test_a_new_publication_restarts_the_filtered_pages_and_says_so(private, shop):
+    client, api = private
+    online.publish_feeds(client, {("user", "u3"): _feed([f"c{n}" for n in range(12, 20)], "v8")}, ttl_s=300)
+    first = api.get("/v1/feeds/users/u3", params={"category": "comedy", "limit": 3}).json()
+    assert first["model_version"] == "v8" and _ids(first) == ["c12", "c13", "c14"]
+    again = api.get("/v1/feeds/users/u3", params={"category": "comedy", "limit": 3,
+                                                  "cursor": first["next_cursor"]}).json()
+    assert again["cursor_reset"] is False and _ids(again) == ["c15", "c16", "c17"]
+    later = str(int(first["publication"]) + 1)
+    online.publish_feeds(client, {("user", "u3"): _feed(["c25", "c26", "c27", "c28"], "v9")}, ttl_s=300,
+                         publication=later)
+    after = api.get("/v1/feeds/users/u3", params={"category": "comedy", "limit": 3,
+                                                  "cursor": again["next_cursor"]}).json()
+    assert after["cursor_reset"] is True and after["model_version"] == "v9" and after["publication"] == later
+    assert _ids(after) == ["c25", "c26", "c27"]
+
+
 def test_segment_feed_by_two_categories(private, shop):
     _, api = private
     body = api.get(f"/v1/feeds/segments/{SEGMENT}", params={"category": "drama,comedy", "limit": 7}).json()
