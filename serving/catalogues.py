@@ -21,12 +21,21 @@ import logging
 import time
 
 from feature_store import catalogue
+from serving.errors import BadInput
 from serving.search_index import SearchIndex
 from serving.store import FeedStore
 
 CHECK_EVERY_S = 1.0
 SCAN_COUNT = 2000
 log = logging.getLogger(__name__)
+
+
+def check_categories(categories: list[str], index: SearchIndex | None) -> None:
+    """Raise :class:`BadInput` naming ``category`` when one is not in the current catalogue."""
+    known = index.categories if index is not None else frozenset()
+    unknown = [c for c in categories if c not in known]
+    if unknown:
+        raise BadInput.one("category", f"unknown category {unknown[0]!r}; known: {', '.join(sorted(known)[:50])}")
 
 
 async def read_docs(store: FeedStore, version: str) -> list[str]:

@@ -21,6 +21,7 @@ from fastapi.responses import Response
 
 from feature_store import online
 from feature_store.segments import ANY, fallbacks
+from serving.catalogues import check_categories
 from serving.errors import BadInput, json_response
 from serving.filtered import resolve_filtered
 from serving.metrics import FEED_FALLBACKS
@@ -140,10 +141,7 @@ async def known_categories(svc: Services, categories: list[str]) -> frozenset[st
     """The item ids of ``categories`` in the current catalogue; raises :class:`BadInput` naming an
     unknown category."""
     index = await svc.catalogues.get(svc.store)
-    known = index.categories if index is not None else frozenset()
-    unknown = [c for c in categories if c not in known]
-    if unknown:
-        raise BadInput.one("category", f"unknown category {unknown[0]!r}; known: {', '.join(sorted(known)[:50])}")
+    check_categories(categories, index)
     return index.members_of(categories)
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 
 from feature_store.search_engine import index_name
 from serving import search_remote
+from serving.catalogues import check_categories
 from serving.errors import BadInput, json_response
 from serving.pages import decode_cursor, encode_cursor
 from serving.schemas import DEFAULT_LIMIT, MAX_CURSOR_LEN, ItemPage, errors
@@ -29,13 +30,6 @@ def check_filters(q: str | None, min_price: float | None, max_price: float | Non
         raise BadInput.one("q", "must contain at least one letter or digit")
     if min_price is not None and max_price is not None and min_price > max_price:
         raise BadInput.one("max_price", f"must be at least min_price ({min_price:g})")
-
-
-def check_categories(categories: list[str], known: frozenset[str]) -> None:
-    """Raise :class:`BadInput` naming ``category`` when one is not in the catalogue."""
-    unknown = [c for c in categories if c not in known]
-    if unknown:
-        raise BadInput.one("category", f"unknown category {unknown[0]!r}; known: {', '.join(sorted(known)[:50])}")
 
 
 def _offset(cursor: str | None) -> tuple[str | None, int]:
@@ -78,7 +72,7 @@ async def search_items(
         check_filters(q, min_price, max_price)
         pinned, offset = _offset(cursor)
         index = await svc.catalogues.get(svc.store)
-        check_categories(categories, index.categories if index else frozenset())
+        check_categories(categories, index)
     except BadInput as exc:
         return exc.response()
     if index is None:
