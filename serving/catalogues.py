@@ -76,6 +76,9 @@ class Catalogues:
         if self.building is not None and (self.building[0] == version or not self.building[1].done()):
             return self.building[1]  # one build at a time; a newer version is seen at the next check
         task = asyncio.ensure_future(self._build(store, version))
+        # a failed background build is logged by _build; mark its exception retrieved (the first
+        # request, which awaits its build, still gets it: a 503 when Redis failed)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self.building = (version, task)
         return task
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 
 from feature_store import catalogue
 from serving.catalogues import Catalogues
@@ -89,3 +90,30 @@ def test_a_new_catalogue_is_built_in_the_background_and_swapped_whole():
         return store.scans
 
     assert asyncio.run(run()) == 2
+
+
+def test_a_failed_build_keeps_the_old_index_and_is_tried_again():
+    class Failing(FakeStore):
+        fail = True
+
+        async def execute(self, *command):
+            if command[0] == "HSCAN" and self.fail:
+                raise ConnectionError("redis went away")
+            return await super().execute(*command)
+
+    async def run():
+        store = Failing()
+        copies = Catalogues(check_every_s=0.0)
+        store.pointer, store.versions["1"] = "1", _docs("old", 2)
+        store.fail = False
+        first = await copies.get(store)
+        store.fail, store.pointer, store.versions["2"] = True, "2", _docs("new", 2)
+        assert await copies.get(store) is first
+        with pytest.raises(ConnectionError):
+            await copies.building[1]
+        store.fail = False
+        assert await copies.get(store) is first  # tried again, in the background
+        await copies.building[1]
+        return (await copies.get(store)).version
+
+    assert asyncio.run(run()) == "2"
