@@ -244,9 +244,8 @@ class SearchIndex:
         if facets or filters or wanted:
             counts = self._facets(expression, min_price, max_price)
             total = sum(counts.get(c, 0) for c in wanted) if wanted else sum(counts.values())
-        else:  # no second pass over the hits: FTS5 counts them from its index
-            counts, (total,) = None, self.db.execute("SELECT count(*) FROM fts WHERE fts MATCH ?",
-                                                     (expression,)).fetchone()
+        else:  # counted by the page query itself (one pass over the hits)
+            counts, total = None, None
         if total == 0:
             return Hits([], 0, counts if facets else None)
         return self._page(expression, filters, args, in_categories, wanted, sort, limit, offset,
@@ -273,12 +272,18 @@ class SearchIndex:
         return counts
 
     def _page(self, expression: str, filters: list[str], args: list, in_categories: str | None,
-              wanted: tuple[str, ...], sort: str, limit: int, offset: int, total: int,
+              wanted: tuple[str, ...], sort: str, limit: int, offset: int, total: int | None,
               facets: dict[str, int] | None) -> Hits:
+        """A page of hits; with ``total`` None, the hits are counted in the same pass (a window
+        count), or by FTS5 when the page is past the end."""
         extra = "".join(f" AND {f}" for f in filters)
         if in_categories:
             extra += f" AND {in_categories}"
-        docs = self.db.execute(
-            f"SELECT i.doc, fts.rank AS score FROM fts JOIN items i ON i.id = fts.rowid WHERE fts MATCH ?{extra} "
-            f"ORDER BY {_ORDER[sort]} LIMIT ? OFFSET ?", [expression, *args, *wanted, limit, offset]).fetchall()
-        return Hits([orjson.loads(d) for d, _ in docs], total, facets)
+        rows = self.db.execute(
+            f"SELECT i.doc, fts.rank AS score, count(*) OVER () FROM fts JOIN items i ON i.id = fts.rowid "
+            f"WHERE fts MATCH ?{extra} ORDER BY {_ORDER[sort]} LIMIT ? OFFSET ?",
+            [expression, *args, *wanted, limit, offset]).fetchall()
+        if total is None:
+            total = rows[0][2] if rows else self.db.execute("SELECT count(*) FROM fts WHERE fts MATCH ?",
+                                                            (expression,)).fetchone()[0]
+        return Hits([orjson.loads(d) for d, _, _ in rows], total, facets)
