@@ -13,7 +13,14 @@ fixed concurrency:
 * the data floor: a raw Python loop (redis-py) doing the endpoint's Redis read (one
   script call per user, sequentially), one loop per worker;
 * p99 at half of the peak rate: wrk2 is not available, so wrk paces each connection
-  with its Lua ``delay()`` hook, calibrated to about half the measured peak.
+  with its Lua ``delay()`` hook, calibrated to about half the measured peak;
+* the category-filtered feed, ``GET /v1/feeds/users/{id}?category=<c>`` (a random
+  category of the catalogue per request), and a search, ``GET /v1/items?q=...`` (a random
+  query per request from :func:`search_queries`): requests/s, p99, p99 at half load, and
+  their ratio to the unfiltered feed lookup of the same run (issue 17).
+
+With ``--repeats`` the three peak measurements (feed, filtered feed, search) alternate
+round by round and each figure is the median of the rounds.
 
 Kafka is pointed at a closed port: served-feed records are handed to the
 non-blocking producer and dropped at its bounded buffer, as when Kafka is down.
@@ -48,8 +55,12 @@ FLOOR_PATH = "/"
 FEED_TEMPLATE = "/v1/feeds/users/u%06d?limit=20"
 FLOOR_TEMPLATE = "/?u=u%06d"
 SEED = 7
+CATEGORY_TEMPLATE = "/v1/feeds/users/u%06d?limit=20&category=%s"
+SEARCH_TEMPLATE = "/v1/items?limit=20&u=%06d&q=%s"  # u: only for the shared Lua code (ignored)
 RATIO_GOAL = 0.7  # of the framework floor's requests/s
 P99_GOAL_MS = 5.0  # at half of the peak rate
+CATEGORY_RATIO_GOAL = 0.7  # filtered feed requests/s over the unfiltered feed's
+SEARCH_P99_GOAL_MS = 20.0  # at half of the search's peak rate
 READY_TIMEOUT_S = 30
 
 
@@ -149,8 +160,10 @@ def start_server(app: str, port: int, args, env: dict[str, str], workdir: Path, 
 # -- seeding -------------------------------------------------------------------
 
 
-def seed(client, n_users: int, n_cold: int, n_segments: int, n_items: int, feed_size: int) -> dict[str, int]:
-    """Users with feeds, cold users (profile only), segment feeds, trending, popular, catalogue."""
+def seed(client, n_users: int, n_cold: int, n_segments: int, n_items: int, feed_size: int,
+         category_feed_size: int = 50) -> dict[str, int]:
+    """Users with feeds, cold users (profile only), segment feeds and their per-category feeds,
+    trending, popular, catalogue."""
     rng = random.Random(SEED)
     users, items = make_catalogue(n_users + n_cold, n_items, SEED)
     item_ids = [i.item_id for i in items]
@@ -169,6 +182,14 @@ def seed(client, n_users: int, n_cold: int, n_segments: int, n_items: int, feed_
 
     feeds = {("seg", s): ranked() for s in segments}
     feeds.update({("user", u.user_id): ranked() for u in users[:n_users]})
+    by_category: dict[str, list[str]] = {}
+    for item in items:
+        by_category.setdefault(item.category, []).append(item.item_id)
+    for s in segments:  # what models.publish.category_feeds publishes
+        for category, members in by_category.items():
+            chosen = rng.sample(members, min(category_feed_size, len(members)))
+            feeds[(online.CATEGORY_FEED, online.category_feed_ident(s, category))] = online.Feed(
+                items=chosen, model_version="bench-1", scores=[1 - n / len(chosen) for n in range(len(chosen))])
     now = int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
     for u in users:
@@ -184,7 +205,32 @@ def seed(client, n_users: int, n_cold: int, n_segments: int, n_items: int, feed_
     online.publish_feeds(client, feeds, ttl_s=3600)
     write_catalogue(client, [vars(i) for i in items])
     return {"users_with_feed": n_users, "cold_users": n_cold, "segment_feeds": len(segments), "items": n_items,
-            "feed_size": feed_size}
+            "feed_size": feed_size, "categories": len(by_category), "category_feed_size": category_feed_size}
+
+
+def search_queries(n: int, n_items: int) -> list[str]:
+    """Search queries as users type them for one item of the simulator's catalogue, in turn: its
+    title, its title with one typo, its number and a keyword, its number and the first letters
+    of its title. Broad queries (two common words, thousands of hits) are timed apart by
+    ``python -m bench.search`` (docs/serving.md)."""
+    from bench.search import misspelt
+
+    rng = random.Random(SEED + 1)
+    _, items = make_catalogue(0, n_items, SEED)
+    out = []
+    for n_query in range(n):
+        item = rng.choice(items)
+        number = item.title.rsplit("#", 1)[1]
+        kind = n_query % 4
+        if kind == 0:
+            out.append(item.title)
+        elif kind == 1:
+            out.append(misspelt(item.title, rng) or item.title)
+        elif kind == 2:
+            out.append(f"{number} {rng.choice(item.keywords)}")
+        else:
+            out.append(f"{number} {item.title[:rng.randint(3, 8)]}")
+    return out
 
 
 # -- load ----------------------------------------------------------------------
@@ -197,13 +243,20 @@ def _ms(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
-def lua_script(path: Path, template: str, n_users: int, delay_ms: int | None = None) -> Path:
-    """A wrk script asking for ``template`` with a random user id on every request (and
-    pacing, with a delay)."""
-    lines = [
-        "math.randomseed(os.time() + math.floor(os.clock() * 1e6))",
+def lua_script(path: Path, template: str, n_users: int, delay_ms: int | None = None,
+               choices: list[str] | None = None) -> Path:
+    """A wrk script asking for ``template`` with a random user id on every request (and, with
+    ``choices``, a random one of them, URL-quoted, for the template's ``%s``; and pacing, with a delay)."""
+    from urllib.parse import quote_plus
+
+    lines = ["math.randomseed(os.time() + math.floor(os.clock() * 1e6))"]
+    args = f"math.random(0, {n_users - 1})"
+    if choices:
+        lines.append("choices = {" + ", ".join(f'"{quote_plus(c)}"' for c in choices) + "}")
+        args += ", choices[math.random(#choices)]"
+    lines += [
         "request = function()",
-        f'  return wrk.format(nil, string.format("{template}", math.random(0, {n_users - 1})))',
+        f'  return wrk.format(nil, string.format("{template}", {args}))',
         "end",
     ]
     if delay_ms is not None:
@@ -268,18 +321,61 @@ def redis_floor(port: int, n_users: int, processes: int, duration_s: float) -> f
     return total / duration_s
 
 
-def paced(base: str, n_ids: int, workdir: Path, args, target_rps: float) -> tuple[dict, int]:
+def paced(base: str, n_ids: int, workdir: Path, args, target_rps: float, template: str = FEED_TEMPLATE,
+          choices: list[str] | None = None) -> tuple[dict, int]:
     """p99 near ``target_rps``: every connection waits ``delay`` ms before each request, the
     delay calibrated by up to three short runs (within 10% of the target)."""
     delay = max(1, round(args.connections * 1000 / target_rps))
     for _ in range(3):
         probe = run_wrk(base, args.connections, 3, args.threads,
-                        lua_script(workdir / "half.lua", FEED_TEMPLATE, n_ids, delay))
+                        lua_script(workdir / "half.lua", template, n_ids, delay, choices))
         if abs(probe["rps"] / target_rps - 1) <= 0.1:
             break
         delay = max(1, round(delay * probe["rps"] / target_rps))
-    script = lua_script(workdir / "half.lua", FEED_TEMPLATE, n_ids, delay)
+    script = lua_script(workdir / "half.lua", template, n_ids, delay, choices)
     return run_wrk(base, args.connections, args.duration, args.threads, script), delay
+
+
+def wait_for_index(base: str, timeout_s: float = 120.0) -> str:
+    """Wait until the API answers searches from the seeded catalogue (each worker builds its index
+    after start); returns the catalogue version."""
+    import urllib.request
+
+    import orjson
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(base + "/v1/items?limit=1", timeout=timeout_s) as resp:
+            version = orjson.loads(resp.read())["catalogue_version"]
+        if version is not None:
+            return version
+        time.sleep(0.2)
+    raise RuntimeError(f"no search index after {timeout_s:.0f}s")
+
+
+def median_run(runs: list[dict]) -> dict:
+    """Field by field, the median of several wrk runs of one variant."""
+    import statistics
+
+    return {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
+
+
+def measure_variants(base: str, n_ids: int, workdir: Path, args, pid: int, categories: list[str],
+                     queries: list[str]) -> dict[str, dict]:
+    """Peak runs of the feed, the filtered feed and the search, alternating round by round; medians."""
+    variants = {
+        "feed": lua_script(workdir / "feed.lua", FEED_TEMPLATE, n_ids),
+        "category": lua_script(workdir / "category.lua", CATEGORY_TEMPLATE, n_ids, None, categories),
+        "search": lua_script(workdir / "search.lua", SEARCH_TEMPLATE, n_ids, None, queries),
+    }
+    for script in variants.values():  # warm up (and every worker builds its index)
+        run_wrk(base, args.connections, 3, args.threads, script)
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for round_no in range(args.repeats):
+        for name, script in variants.items():
+            runs[name].append(run_wrk(base, args.connections, args.duration, args.threads, script, pid))
+            log(f"round {round_no + 1}, {name} at {args.connections} connections: {runs[name][-1]}")
+    return {name: median_run(r) for name, r in runs.items()}
 
 
 # -- main ----------------------------------------------------------------------
@@ -297,8 +393,13 @@ def parse_args(argv=None):
     parser.add_argument("--users", type=int, default=1000, help="users with a feed (default 1000)")
     parser.add_argument("--cold-users", type=int, default=200, help="users with a profile only (default 200)")
     parser.add_argument("--segments", type=int, default=100, help="exact segments with a feed (default 100)")
-    parser.add_argument("--items", type=int, default=5000, help="catalogue size (default 5000)")
+    parser.add_argument("--items", type=int, default=100_000, help="catalogue size (default 100,000)")
     parser.add_argument("--feed-size", type=int, default=50)
+    parser.add_argument("--category-feed-size", type=int, default=50, help="items per segment and category")
+    parser.add_argument("--queries", type=int, default=20_000,
+                        help="distinct search queries (default 20,000: few repeat within a run, so the "
+                             "index's answer cache rarely helps)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the peak runs; medians (default 3)")
     return parser.parse_args(argv)
 
 
@@ -314,7 +415,8 @@ def main(argv=None) -> int:
         redis_port = free_port()
         with start_redis(redis_port, workdir):
             client = redis.Redis(port=redis_port, decode_responses=True)
-            seeded = seed(client, args.users, args.cold_users, args.segments, args.items, args.feed_size)
+            seeded = seed(client, args.users, args.cold_users, args.segments, args.items, args.feed_size,
+                          args.category_feed_size)
             log(f"private redis-server on :{redis_port}, seeded {seeded}")
 
             redis_rps = redis_floor(redis_port, n_ids, args.workers, args.duration)
@@ -337,13 +439,20 @@ def main(argv=None) -> int:
                 with urllib.request.urlopen(base + FEED_PATH.format(user_id="u000000"), timeout=5) as resp:
                     sample = orjson.loads(resp.read())
                 assert sample["source"] == "user" and sample["items"], sample
-                script = lua_script(workdir / "feed.lua", FEED_TEMPLATE, n_ids)
-                run_wrk(base, args.connections, 2, args.threads, script)
-                peak = run_wrk(base, args.connections, args.duration, args.threads, script, server.proc.pid)
-                log(f"feed lookup at {args.connections} connections: {peak}")
-
+                wait_for_index(base)
+                categories = sorted(client.smembers(f"feedloop:catalogue:{client.get('feedloop:catalogue')}"
+                                                    ":categories"))
+                queries = search_queries(args.queries, args.items)
+                peaks = measure_variants(base, n_ids, workdir, args, server.proc.pid, categories, queries)
+                peak = peaks["feed"]
                 half, delay = paced(base, n_ids, workdir, args, peak["rps"] / 2)
                 log(f"feed lookup paced at {delay} ms per connection ({half['rps'] / peak['rps']:.2f} of peak): {half}")
+                search_half, search_delay = paced(base, n_ids, workdir, args, peaks["search"]["rps"] / 2,
+                                                  SEARCH_TEMPLATE, queries)
+                log(f"search paced at {search_delay} ms per connection: {search_half}")
+                category_half, _ = paced(base, n_ids, workdir, args, peaks["category"]["rps"] / 2,
+                                         CATEGORY_TEMPLATE, categories)
+                log(f"filtered feed paced: {category_half}")
 
     result = {
         "rps": peak["rps"],
@@ -354,12 +463,27 @@ def main(argv=None) -> int:
         "ratio_to_framework_floor": round(peak["rps"] / floor["rps"], 3),
         "p99_ms_at_half_load": half["p99_ms"],
         "half_load_rps": half["rps"],
-        "errors": peak["errors"] + half["errors"],
+        "errors": sum(p["errors"] for p in peaks.values()) + half["errors"] + search_half["errors"],
         "meets_ratio_goal": peak["rps"] / floor["rps"] >= RATIO_GOAL,
         "meets_p99_goal": half["p99_ms"] <= P99_GOAL_MS,
+        "category_rps": peaks["category"]["rps"],
+        "category_p99_ms": peaks["category"]["p99_ms"],
+        "category_p99_ms_at_half_load": category_half["p99_ms"],
+        "category_ratio_to_feed": round(peaks["category"]["rps"] / peak["rps"], 3),
+        "meets_category_goal": peaks["category"]["rps"] / peak["rps"] >= CATEGORY_RATIO_GOAL,
+        "category_cpu_us_per_request": peaks["category"]["server_cpu_us_per_request"],
+        "search_rps": peaks["search"]["rps"],
+        "search_p50_ms": peaks["search"]["p50_ms"],
+        "search_p99_ms": peaks["search"]["p99_ms"],
+        "search_p99_ms_at_half_load": search_half["p99_ms"],
+        "search_half_load_rps": search_half["rps"],
+        "search_ratio_to_feed": round(peaks["search"]["rps"] / peak["rps"], 3),
+        "meets_search_goal": search_half["p99_ms"] <= SEARCH_P99_GOAL_MS,
+        "search_cpu_us_per_request": peaks["search"]["server_cpu_us_per_request"],
         "framework_floor_p99_ms": floor["p99_ms"],
         "server_cpu_us_per_request": peak["server_cpu_us_per_request"],
         "framework_floor_cpu_us_per_request": floor["server_cpu_us_per_request"],
+        "repeats": args.repeats,
         "workers": args.workers,
         "concurrency": args.connections,
         "wrk_threads": args.threads,
@@ -369,6 +493,7 @@ def main(argv=None) -> int:
         "seeded": seeded,
         "cpus": os.cpu_count(),
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
     print(json.dumps(result), flush=True)
     return 0

@@ -16,14 +16,14 @@ expires after :data:`GRACE_S` (pages already being read finish on it). The curre
 version has no TTL: a catalogue does not go stale the way a feed does.
 
 Items are ordered by price, then item id (a sorted set's order); an item with no price
-sorts last and matches no ``max_price``. The API reads this layout in ``serving/items.py``.
+sorts last and matches no ``max_price``. Each API worker builds its search index from ``items`` (``serving/catalogues.py``).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -94,10 +94,13 @@ def _search_text(doc: Mapping[str, Any]) -> str:
     return " ".join([doc["title"], *doc["keywords"]]).lower()
 
 
-def write_catalogue(client: redis.Redis, items: Iterable[Mapping[str, Any]], version: str | None = None) -> str:
+def write_catalogue(client: redis.Redis, items: Iterable[Mapping[str, Any]], version: str | None = None,
+                    before_flip: Callable[[str, list[dict[str, Any]]], Any] | None = None) -> str:
     """Write ``items`` (dicts with the Hive ``items`` columns) as a new catalogue version and
     make it current in one step. Returns the version now current: ``version`` (default: now,
     in ms), or the newer one already there when ``version`` is older (then nothing changes).
+    ``before_flip(version, docs)`` runs once the version is written, before it becomes current
+    (an external search index is filled there: :mod:`feature_store.search_engine`).
     """
     new = version or str(int(time.time() * 1000))
     current = client.get(pointer_key())
@@ -118,6 +121,8 @@ def write_catalogue(client: redis.Redis, items: Iterable[Mapping[str, Any]], ver
         pipe.execute()
     if categories:
         client.sadd(categories_key(new), *categories)
+    if before_flip is not None:
+        before_flip(new, docs)
     (replaced,) = raise_pointers(client, [pointer_key()], new)
     replaced = replaced.decode() if isinstance(replaced, bytes) else replaced
     if replaced and int(replaced) >= int(new):  # another writer got there first

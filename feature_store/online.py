@@ -62,13 +62,28 @@ def key(*parts: object) -> str:
     return ":".join([PREFIX] + [_escape(str(p)) for p in parts])
 
 
+def is_plain(part: str) -> bool:
+    """Whether :func:`key` leaves ``part`` as it is (no escaping)."""
+    return _UNESCAPED.fullmatch(part) is not None
+
+
 def _escape(part: str) -> str:
     return part if _UNESCAPED.fullmatch(part) else quote(part, safe=SAFE)
 
 
 def feed_key(kind: str, ident: str) -> str:
-    """Pointer key of a feed; ``kind`` is ``seg`` or ``user``."""
+    """Pointer key of a feed; ``kind`` is ``seg``, ``user`` or :data:`CATEGORY_FEED`."""
     return key("feed", kind, ident)
+
+
+# A segment's feed within one category, published beside the segment feed (models.publish):
+# the candidates of the category-filtered feeds (GET /v1/feeds/...?category=).
+CATEGORY_FEED = "segcat"
+
+
+def category_feed_ident(segment: str, category: str) -> str:
+    """The id of ``segment``'s feed within ``category`` (feed kind :data:`CATEGORY_FEED`)."""
+    return f"{segment}~{category.lower()}"
 
 
 def user_profile_key(user_id: str) -> str:

@@ -190,6 +190,18 @@ class ApiSettings(_Section):
     _ports = field_validator("port")(_check_port)
 
 
+class SearchSettings(_Section):
+    # Catalogue search (GET /v1/items). "embedded": each API worker's in-memory SQLite FTS5 index
+    # (serving/search_index.py), nothing to run. "opensearch": an OpenSearch (or Elasticsearch 8)
+    # cluster at url; publication indexes each catalogue version as <index_prefix>-<version>
+    # (feature_store/search_engine.py) and the API queries the version it serves. Not run against
+    # a live cluster in this repository's tests (docs/serving.md).
+    backend: Literal["embedded", "opensearch"] = "embedded"
+    url: str = "http://127.0.0.1:9200"
+    index_prefix: str = "feedloop-catalogue"
+    timeout_s: float = 0.5
+
+
 class ModelSettings(_Section):
     # The two-tower model and its training: every field of models.two_tower.TowerConfig, then the
     # training knobs. One path reads them (models.tuning.base_params): the DAG's train step,
@@ -228,6 +240,11 @@ class ModelSettings(_Section):
     tune_catalogue_change: float = 2.0  # ... or the catalogue grew or shrank by this factor
     validation_share: float = 0.2  # share of the training pairs held out for validation
     feed_size: int = 50
+    # Per-category segment feeds (the candidates of ?category= on the feed endpoints): this many
+    # items per segment and category, for at most this many categories (the largest); 0 turns them
+    # off. Redis holds about segments x categories x size x 22 bytes per publication (docs/serving.md).
+    category_feed_size: int = 50
+    category_feeds_max: int = 50
     aging_keep_share: float = 0.2  # share of the previous feed's unseen items a refresh keeps
     exploration_slots: int = 2  # slots reserved for new items in every feed
     new_item_days: int = 7  # items created this recently are exploration candidates
@@ -265,6 +282,7 @@ class Settings(_Section):
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
 
     # -- derived paths -------------------------------------------------

@@ -75,18 +75,27 @@ def learnable_events(values) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "ts", "dwell_ms"])
 
 
-def segment_feeds(model, version: str, segments: list[str], catalogue: pd.DataFrame, feed_size: int) -> dict:
-    """``{("seg", segment): Feed}`` ranked by the segment-only (cold-start) query."""
+def segment_feeds(model, version: str, segments: list[str], catalogue: pd.DataFrame, feed_size: int,
+                  category_size: int = 0, max_categories: int = 0) -> dict:
+    """``{("seg", segment): Feed}`` ranked by the segment-only (cold-start) query, and with
+    ``category_size`` their per-category feeds (:func:`models.publish.category_feeds`)."""
+    import numpy as np
+
     from feature_store import online
     from models import data
+    from models.publish import category_feeds
 
     items = catalogue["item_id"].tolist()
     item_vectors = model.item_embeddings(items, catalogue["category"].tolist())
     scores = model.query_embeddings([""] * len(segments), segments) @ item_vectors.T
     now_ms = int(time.time() * 1000)
-    return {("seg", s): online.Feed(items=[items[i] for i in ranked], model_version=version, generated_at_ms=now_ms,
-                                    scores=[float(row[i]) for i in ranked])
-            for s, row, ranked in zip(segments, scores, data.top_k(scores, None, feed_size))}
+    feeds = {("seg", s): online.Feed(items=[items[i] for i in ranked], model_version=version, generated_at_ms=now_ms,
+                                     scores=[float(row[i]) for i in ranked])
+             for s, row, ranked in zip(segments, scores, data.top_k(scores, None, feed_size))}
+    feeds.update(category_feeds(segments, scores, np.asarray(items, dtype=object),
+                                catalogue["category"].to_numpy(dtype=object), category_size, max_categories,
+                                version, now_ms))
+    return feeds
 
 
 class Checkpoint:
@@ -198,8 +207,9 @@ class LearnerSink:
     def _publish(self, result) -> None:
         from feature_store import online
 
+        ms = self.settings.model
         feeds = segment_feeds(self.learner.model, self.learner.version, result.segments, self.learner.catalogue,
-                              self.settings.model.feed_size)
+                              ms.feed_size, ms.category_feed_size, ms.category_feeds_max)
 
         def publish() -> None:
             if self._redis is None:
@@ -214,7 +224,7 @@ class LearnerSink:
         # uncommitted meanwhile, and after that the error stops the query (the supervisor restarts it)
         tenacity.Retrying(wait=tenacity.wait_exponential(multiplier=1, min=1, max=30),
                           stop=tenacity.stop_after_delay(REDIS_RETRY_MAX_S), before_sleep=report, reraise=True)(publish)
-        self.totals["published"] += len(feeds)
+        self.totals["published"] += sum(1 for kind, _ in feeds if kind == "seg")  # segment feeds, as before
 
     def _commit(self, batch_id: int, learner, started: float, n_events: int, reason: str, result=None) -> None:
         self.totals["batches"] += 1

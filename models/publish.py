@@ -10,6 +10,10 @@
   (down to ``any|any|any``), scored by the query tower with no user id;
 * one feed per user active in the last 7 days, without the items they already
   engaged with;
+* for every segment feed, one feed per category (``segcat:<segment>~<category>``): the
+  segment's best ``model.category_feed_size`` items of that category, for the largest
+  ``model.category_feeds_max`` categories; the candidates of ``?category=`` on the feed
+  endpoints (docs/serving.md, memory sizing);
 
 all as one publication (:func:`feature_store.online.publish_feeds`), flipped atomically.
 :func:`publish_feeds_from_model` is the core, callable with pandas DataFrames.
@@ -71,6 +75,26 @@ def feed_segments(user_features: pd.DataFrame, extra: Iterable[str] = ()) -> lis
     return sorted({s for seg in present for s in fallbacks(seg)})
 
 
+def category_feeds(segments: list[str], seg_scores: np.ndarray, item_ids: np.ndarray, categories: np.ndarray,
+                   size: int, max_categories: int, model_version: str,
+                   now_ms: int) -> dict[tuple[str, str], online.Feed]:
+    """Each segment's best ``size`` items within each of the ``max_categories`` largest categories
+    (``categories``: lower case, one per item), ``{(CATEGORY_FEED, "<segment>~<category>"): Feed}``."""
+    if size <= 0 or max_categories <= 0 or len(segments) == 0:
+        return {}
+    names, counts = np.unique(categories, return_counts=True)
+    chosen = names[np.argsort(-counts, kind="stable")][:max_categories]
+    out: dict[tuple[str, str], online.Feed] = {}
+    for category in chosen:
+        cols = np.flatnonzero(categories == category)
+        scores = seg_scores[:, cols]
+        for segment, row, ranked in zip(segments, scores, data.top_k(scores, None, size)):
+            out[(online.CATEGORY_FEED, online.category_feed_ident(segment, str(category)))] = online.Feed(
+                items=item_ids[cols[ranked]].tolist(), model_version=model_version, generated_at_ms=now_ms,
+                scores=row[ranked].astype(float).tolist())
+    return out
+
+
 def build_feeds(
     model,
     model_version: str,
@@ -79,8 +103,11 @@ def build_feeds(
     recent: pd.DataFrame,
     feed_size: int,
     log: Callable[[str], None] = print,
+    category_size: int = 0,
+    max_categories: int = 0,
 ) -> dict[tuple[str, str], online.Feed]:
-    """Segment feeds and active users' feeds, ``{(kind, id): Feed}``.
+    """Segment feeds, their per-category feeds (with ``category_size``) and active users' feeds,
+    ``{(kind, id): Feed}``.
 
     ``recent``: ``user_id, item_id, event_type`` (and ``ts``) of the last days; its users
     are the active ones, their positive items (latest first) are the query tower's
@@ -103,6 +130,11 @@ def build_feeds(
     for segment, scores, ranked in zip(segments, seg_scores, data.top_k(seg_scores, None, feed_size)):
         feeds[("seg", segment)] = feed(scores, ranked)
     log(f"scored {len(segments):,} segment feeds over {len(item_ids):,} items")
+    by_category = category_feeds(segments, seg_scores, item_array, catalogue["category"].to_numpy(dtype=object),
+                                 category_size, max_categories, model_version, now_ms)
+    feeds.update(by_category)
+    if by_category:
+        log(f"built {len(by_category):,} per-category segment feeds of up to {category_size} items")
 
     index = {item: n for n, item in enumerate(item_ids)}
     positives = recent[recent["event_type"].isin(data.POSITIVE_TYPES)]
@@ -134,16 +166,18 @@ def age_and_explore(client: redis.Redis, feeds: dict, items: pd.DataFrame, recen
     from feature_store.feeds import refresh_feed
 
     ms = settings.model
-    refs = list(feeds)
+    # per-category feeds are published as scored: exploration slots would put other categories in them
+    refs = [ref for ref in feeds if ref[0] != online.CATEGORY_FEED]
     previous = online.read_feeds(client, refs)
     candidates = new_items(items, ms.new_item_days)
     positives = recent[recent["event_type"].isin(data.POSITIVE_TYPES)]
     seen = positives.groupby("user_id")["item_id"].agg(set).to_dict() if not positives.empty else {}
-    return {
-        ref: refresh_feed(feed, prev, seen.get(ref[1], ()) if ref[0] == "user" else (), candidates,
+    refreshed = {
+        ref: refresh_feed(feeds[ref], prev, seen.get(ref[1], ()) if ref[0] == "user" else (), candidates,
                           ms.aging_keep_share, ms.exploration_slots, ms.feed_size)
-        for (ref, feed), prev in zip(feeds.items(), previous)
+        for ref, prev in zip(refs, previous)
     }
+    return {ref: refreshed.get(ref, feed) for ref, feed in feeds.items()}
 
 
 def write_profiles(client: redis.Redis, user_features: pd.DataFrame, chunk: int = 1000) -> int:
@@ -183,14 +217,12 @@ def publish_feeds_from_model(
     profiles = write_profiles(client, user_features)
     log(f"wrote {profiles:,} user profiles")
     if "title" in items:
-        from feature_store.catalogue import write_catalogue
-
-        write_catalogue(client, items.to_dict("records"))
-        log(f"wrote the catalogue of {len(items):,} items (GET /v1/items)")
-    feeds = build_feeds(model, model_version, user_features, catalogue, recent, settings.model.feed_size, log)
+        publish_catalogue(client, items, settings, log)
+    feeds = build_feeds(model, model_version, user_features, catalogue, recent, settings.model.feed_size, log,
+                        settings.model.category_feed_size, settings.model.category_feeds_max)
     feeds = age_and_explore(client, feeds, items, recent, settings)
     publication = online.publish_feeds(client, feeds, ttl_s=settings.redis.feed_ttl_s)
-    kinds = pd.Series([kind for kind, _ in feeds]).value_counts()
+    kinds = pd.Series([kind for kind, _ in feeds]).value_counts()  # (per-category feeds: not counted)
     result = PublishResult(publication, model_version, int(kinds.get("seg", 0)), int(kinds.get("user", 0)), profiles)
     client.hset(publication_summary_key(), mapping={
         "publication": publication, "model_version": model_version, "ds": ds,
@@ -200,6 +232,28 @@ def publish_feeds_from_model(
     client.expire(publication_summary_key(), SUMMARY_TTL_S)
     log(result.summary())
     return result
+
+
+def publish_catalogue(client: redis.Redis, items: pd.DataFrame, settings: Settings,
+                      log: Callable[[str], None] = print) -> str:
+    """The catalogue as a new version in Redis (GET /v1/items, the filtered feeds), and with
+    ``search.backend: opensearch`` in the cluster too, before the version becomes current."""
+    from feature_store import search_engine
+    from feature_store.catalogue import pointer_key, write_catalogue
+
+    search = settings.search
+
+    def index_remotely(version: str, docs: list) -> None:
+        log(f"indexed the catalogue in {search_engine.publish(search.url, search.index_prefix, version, docs)}")
+
+    fill = index_remotely if search.backend == "opensearch" else None
+    previous = client.get(pointer_key())
+    version = write_catalogue(client, items.to_dict("records"), before_flip=fill)
+    log(f"wrote the catalogue of {len(items):,} items, version {version} (GET /v1/items)")
+    if fill is not None:
+        keep = [version] + ([previous.decode() if isinstance(previous, bytes) else previous] if previous else [])
+        search_engine.drop_old(search.url, search.index_prefix, keep)
+    return version
 
 
 # ------------------------------------------------------------------ thin layers

@@ -6,7 +6,7 @@
 * ``serving/routes/feeds.py``: ``/v1/feeds/users/{user_id}``, ``/v1/feeds/segments/{segment}``,
   ``/v1/trending``, ``/v1/popular``;
 * ``serving/routes/users.py``: ``/v1/users/{user_id}/stats``;
-* ``serving/routes/items.py``: ``/v1/items`` (catalogue search, :mod:`serving.items`);
+* ``serving/routes/items.py``: ``/v1/items`` (catalogue search, :mod:`serving.search_index`);
 * ``serving/routes/events.py``: ``POST /v1/events`` (to Kafka, behind the API key);
 * ``serving/routes/health.py``: ``/healthz``, ``/readyz``;
 * ``serving/routes/metrics.py``: ``/metrics`` (:mod:`serving.metrics`).
@@ -27,6 +27,7 @@ from __future__ import annotations
 import gc
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
@@ -35,6 +36,7 @@ from starlette.routing import Match, Route
 import feedloop
 from feedloop.settings import get_settings
 from serving import errors
+from serving.catalogues import Catalogues
 from serving.errors import ORJSONResponse
 from serving.kafka_producer import EventPublisher
 from serving.metrics import Metrics, TimingMiddleware, use_multiproc_dir
@@ -61,6 +63,8 @@ async def lifespan(app: FastAPI):
     yield
     svc: Services = app.state.services
     await svc.store.close()
+    if svc.search_http is not None:
+        await svc.search_http.aclose()
     await run_in_threadpool(svc.publisher.close)
     await run_in_threadpool(svc.served.close)
 
@@ -77,6 +81,9 @@ def create_app(settings=None, *, served_log: ServedLog | None = None, redis_clie
         publisher=EventPublisher.from_settings(settings),
         served=served,
         metrics=Metrics(),
+        catalogues=Catalogues(freeze_gc=True),
+        search_http=(httpx.AsyncClient(base_url=settings.search.url, timeout=settings.search.timeout_s)
+                     if settings.search.backend == "opensearch" else None),
     )
     served.count_to(svc.metrics)
 

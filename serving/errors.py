@@ -3,7 +3,8 @@
 * Bad query or path values: 422 naming the first bad field, every error listed
   (:class:`BadInput`, also raised by the hand-read feed queries).
 * Redis down, hung or refusing (connection-class errors, the breaker open): 503 with
-  ``Retry-After``; any other Redis error: 500.
+  ``Retry-After``; any other Redis error: 500. The same 503 when an OpenSearch search
+  backend fails (``search unavailable``).
 * Starlette's HTTP errors (404 of an unknown path, 405): ``{"error": detail}``.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import orjson
 import redis
 from fastapi import FastAPI, Request
@@ -83,6 +85,11 @@ async def _redis_down(request: Request, exc: redis.exceptions.RedisError) -> Res
     return unavailable({"error": "redis unavailable", "detail": str(exc), "retry_after_s": RETRY_AFTER_S})
 
 
+async def _search_down(request: Request, exc: httpx.HTTPError) -> Response:
+    return unavailable({"error": "search unavailable", "detail": str(exc) or type(exc).__name__,
+                        "retry_after_s": RETRY_AFTER_S})
+
+
 async def _redis_error(request: Request, exc: redis.exceptions.RedisError) -> Response:
     count_redis_error(request, exc)
     return json_response({"error": "redis error", "detail": str(exc)}, status_code=500)
@@ -95,3 +102,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(redis.exceptions.ConnectionError, _redis_down)
     app.add_exception_handler(redis.exceptions.TimeoutError, _redis_down)
     app.add_exception_handler(redis.exceptions.RedisError, _redis_error)
+    app.add_exception_handler(httpx.HTTPError, _search_down)  # search.backend: opensearch

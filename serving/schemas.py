@@ -23,12 +23,16 @@ MAX_ID_LEN = 128
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 20
 MAX_CURSOR_LEN = 512
+MAX_CATEGORIES = 10  # ?category=a,b on the feeds
+MAX_CATEGORY_LEN = 64
+MAX_EXCLUDE = 100  # ?exclude=i1,i2 on the feeds
 
 
 class FeedItem(BaseModel):
     item_id: str
     score: float | None = Field(description="ranking score; null when the publisher gave none")
     position: int = Field(description="0-based index of the item in the whole feed")
+    source: str | None = Field(None, description="category-filtered pages: the source this item came from")
 
 
 class FeedPage(BaseModel):
@@ -60,6 +64,8 @@ class FeedPage(BaseModel):
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
     cursor_reset: bool = Field(
         description="the cursor's feed or publication is no longer current: this page starts again at 0")
+    categories: list[str] | None = Field(None, description="category-filtered pages: the categories asked for")
+    sources: list[str] | None = Field(None, description="category-filtered pages: the sources of its items, in order")
 
 
 class Ranking(BaseModel):
@@ -163,17 +169,20 @@ class ItemPage(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "items": [{"item_id": "i000981", "title": "Epic Comedy #981", "category": "comedy", "price": 12.5,
                    "keywords": ["epic", "family"], "created_at": 1767225600000}],
+        "total": 1,
+        "facets": {"category": {"comedy": 1}},
         "catalogue_version": "1767225600000",
-        "next_cursor": "MjA6aXRlbXNAMTc2NzIyNTYwMDAwMA",
+        "next_cursor": None,
         "cursor_reset": False,
-        "scanned": 20,
     }]})
 
-    items: list[CatalogueItem] = Field(description="cheapest first, then by item id")
-    catalogue_version: str | None = Field(description="null until a catalogue is published")
+    items: list[CatalogueItem] = Field(description="by relevance with q (else by price), or as `sort` asks")
+    total: int = Field(description="hits in all (pages end at offset 10,000)")
+    facets: dict[str, dict[str, int]] | None = Field(
+        description="with `facets=category` and `q`: hits per category, before the category filter")
+    catalogue_version: str | None = Field(description="the catalogue version searched; null until one is published")
     next_cursor: str | None = Field(description="pass as ?cursor= (with the same filters) for the next page")
     cursor_reset: bool = Field(description="the cursor's catalogue was replaced: this page starts again at 0")
-    scanned: int = Field(description="candidates read for this page (at most 2000 with a text query)")
 
 
 # Parameters of the feed endpoints, which read the query by hand (see app.py).
@@ -190,5 +199,10 @@ LIMIT_PARAM = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_L
                      "items per page")
 CURSOR_PARAM = _query("cursor", {"type": "string", "maxLength": MAX_CURSOR_LEN},
                       "`next_cursor` of the previous page")
-USER_FEED_PARAMS = [_path("user_id", "u42"), LIMIT_PARAM, CURSOR_PARAM]
-SEGMENT_FEED_PARAMS = [_path("segment", "F|25-34|comedy"), LIMIT_PARAM, CURSOR_PARAM]
+CATEGORY_PARAM = _query("category", {"type": "string", "example": "comedy,drama"},
+                        f"only items of these categories (comma-separated, any case, at most {MAX_CATEGORIES}); "
+                        "filled from the segment feed, then trending and popular in the categories")
+EXCLUDE_PARAM = _query("exclude", {"type": "string", "example": "i981,i17"},
+                       f"item ids never to show (comma-separated, at most {MAX_EXCLUDE})")
+USER_FEED_PARAMS = [_path("user_id", "u42"), LIMIT_PARAM, CURSOR_PARAM, CATEGORY_PARAM, EXCLUDE_PARAM]
+SEGMENT_FEED_PARAMS = [_path("segment", "F|25-34|comedy"), LIMIT_PARAM, CURSOR_PARAM, CATEGORY_PARAM, EXCLUDE_PARAM]

@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+import httpx
 from fastapi import Depends, Request
 
 from feedloop.settings import Settings
+from serving.catalogues import Catalogues
 from serving.kafka_producer import EventPublisher
 from serving.metrics import Metrics
 from serving.served_log import ServedLog
@@ -28,6 +30,8 @@ class Services:
     publisher: EventPublisher  # events to Kafka, acknowledged, behind the Kafka breaker
     served: ServedLog  # served-feed records to Kafka, fire-and-forget
     metrics: Metrics
+    catalogues: Catalogues  # this worker's search index of the current catalogue
+    search_http: httpx.AsyncClient | None = None  # search.backend: opensearch (serving/search_remote.py)
 
 
 def services(request: Request) -> Services:

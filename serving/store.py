@@ -39,6 +39,40 @@ return {
 """)
 SEPARATOR = "\0"
 
+# The same, plus the per-category feeds (feature_store.online.CATEGORY_FEED) of the first
+# segment of the user's fallback chain (feature_store.segments.fallbacks, walked here the same
+# way) that has any: ARGV[2] their key prefix, ARGV[3..] the categories. Returns
+# {segment, recent, own feed, that segment ('' when none has any), its feeds...}; with a
+# segment not of three parts made of characters key() leaves unescaped, only the first three.
+_USER_VIEW_CATEGORIES = Script("""
+local segment = redis.call('HGET', KEYS[1], 'segment')
+local pub = redis.call('GET', KEYS[3])
+local out = {
+  segment,
+  table.concat(redis.call('ZREVRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1), '\\0'),
+  pub and redis.call('GET', KEYS[3] .. '@' .. pub) or false,
+}
+local g, b, i = string.match(segment or 'any|any|any', '^([%w_.~+-]+)|([%w_.~+-]+)|([%w_.~+-]+)$')
+if not g then return out end
+local chain = {g .. '|' .. b .. '|' .. i, g .. '|' .. b .. '|any', g .. '|any|any', 'any|any|any'}
+for n = 1, #chain do
+  local bodies, found = {}, false
+  for a = 3, #ARGV do
+    local key = ARGV[2] .. chain[n] .. '~' .. ARGV[a]
+    local p = redis.call('GET', key)
+    bodies[#bodies + 1] = p and redis.call('GET', key .. '@' .. p) or false
+    found = found or (bodies[#bodies] ~= false)
+  end
+  if found then
+    out[4] = chain[n]
+    for a = 1, #bodies do out[4 + a] = bodies[a] end
+    return out
+  end
+end
+out[4] = ''
+return out
+""")
+
 # KEYS: feed pointers. Returns each current feed, or false.
 _READ_FEEDS = Script("""
 local out = {}
@@ -80,6 +114,18 @@ class FeedStore:
         keys = online.user_view_keys(user_id)
         segment, recent, raw = await self._call(self.client.evalsha, _USER_VIEW, keys, (MAX_RECENT,))
         return segment, frozenset(recent.split(SEPARATOR)) if recent else frozenset(), _feed(raw)
+
+    async def user_view_categories(self, user_id: str, categories: Sequence[str]) -> tuple[
+            str | None, frozenset[str], dict[str, Any] | None, tuple[str, list] | None]:
+        """:meth:`user_view` and, in the same round trip, ``(segment, its per-category feeds)`` for the
+        first segment of the user's fallback chain that has any (``("", [])`` when none has), or
+        None when they could not be looked up there (then the caller reads them itself)."""
+        keys = (online.user_profile_key(user_id), online.user_recent_key(user_id), online.feed_key("user", user_id))
+        prefix = online.feed_key(online.CATEGORY_FEED, "")
+        out = await self._call(self.client.evalsha, _USER_VIEW_CATEGORIES, keys, (MAX_RECENT, prefix, *categories))
+        segment, recent, raw = out[:3]
+        by_category = (out[3], [_feed(r) for r in out[4:]]) if len(out) > 3 else None
+        return segment, frozenset(recent.split(SEPARATOR)) if recent else frozenset(), _feed(raw), by_category
 
     async def feeds(self, refs: Sequence[tuple[str, str]]) -> Iterator[dict[str, Any] | None]:
         """The current feeds ``(kind, id)`` (None where none is published), in one round trip;

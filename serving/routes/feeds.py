@@ -13,7 +13,7 @@ Every feed page served by them is logged to Kafka for attribution, fire-and-forg
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, Query, Request
@@ -21,12 +21,17 @@ from fastapi.responses import Response
 
 from feature_store import online
 from feature_store.segments import ANY, fallbacks
+from serving.catalogues import check_categories
 from serving.errors import BadInput, json_response
+from serving.filtered import resolve_filtered
 from serving.metrics import FEED_FALLBACKS
 from serving.pages import decode_cursor, iso, live_page, now_ms, published_page, usable
 from serving.schemas import (
     DEFAULT_LIMIT,
+    MAX_CATEGORIES,
+    MAX_CATEGORY_LEN,
     MAX_CURSOR_LEN,
+    MAX_EXCLUDE,
     MAX_ID_LEN,
     MAX_LIMIT,
     SEGMENT_FEED_PARAMS,
@@ -36,7 +41,7 @@ from serving.schemas import (
     errors,
 )
 from serving.served_log import ServedLog, served_record
-from serving.state import Svc, services
+from serving.state import Services, Svc, services
 from serving.store import FeedStore
 
 TRENDING_WINDOWS = ("1m", "10m")
@@ -90,10 +95,33 @@ def _cursor(cursor: str | None, found: list[dict[str, str]]) -> tuple[str | None
     return None, 0
 
 
-def feed_query(request: Request, id_name: str) -> tuple[str, int, str | None, int]:
-    """``(id, limit, pinned feed, offset)`` of a feed request; the same checks and messages
-    as FastAPI's declared parameters (see schemas.USER_FEED_PARAMS). Raises :class:`BadInput`
-    listing every bad field."""
+def id_list(raw: str | None, name: str, most: int, longest: int, found: list[dict[str, str]]) -> list[str]:
+    """A comma-separated list (``category``, ``exclude``): every part non-empty and at most
+    ``longest`` characters, at most ``most`` parts; problems go to ``found``."""
+    if raw is None:
+        return []
+    parts = [p.strip() for p in raw.split(",")]
+    if len(parts) > most:
+        found.append({"field": name, "location": "query", "message": f"at most {most} comma-separated values"})
+    elif not all(parts):
+        found.append({"field": name, "location": "query", "message": "empty value in the comma-separated list"})
+    elif max(map(len, parts)) > longest:
+        found.append({"field": name, "location": "query", "message": f"values have at most {longest} characters"})
+    return parts
+
+
+class FeedQuery(NamedTuple):
+    ident: str
+    limit: int
+    pinned: str | None
+    offset: int
+    categories: list[str]  # lower case, sorted, each once; [] for no filter
+    exclude: frozenset[str]
+
+
+def feed_query(request: Request, id_name: str) -> FeedQuery:
+    """The query of a feed request; the same checks and messages as FastAPI's declared parameters
+    (see schemas.USER_FEED_PARAMS). Raises :class:`BadInput` listing every bad field."""
     found: list[dict[str, str]] = []
     ident = request.path_params[id_name]
     if len(ident) > MAX_ID_LEN:
@@ -102,9 +130,19 @@ def feed_query(request: Request, id_name: str) -> tuple[str, int, str | None, in
     query = parse_query(request.scope["query_string"])
     limit = _limit(query.get("limit"), found)
     pinned, offset = _cursor(query.get("cursor"), found)
+    categories = id_list(query.get("category"), "category", MAX_CATEGORIES, MAX_CATEGORY_LEN, found)
+    exclude = id_list(query.get("exclude"), "exclude", MAX_EXCLUDE, MAX_ID_LEN, found)
     if found:
         raise BadInput(found)
-    return ident, limit, pinned, offset
+    return FeedQuery(ident, limit, pinned, offset, sorted({c.lower() for c in categories}), frozenset(exclude))
+
+
+async def known_categories(svc: Services, categories: list[str]) -> frozenset[str]:
+    """The item ids of ``categories`` in the current catalogue; raises :class:`BadInput` naming an
+    unknown category."""
+    index = await svc.catalogues.get(svc.store)
+    check_categories(categories, index)
+    return index.members_of(categories)
 
 
 # -- the fallback chain ---------------------------------------------------------------
@@ -119,7 +157,7 @@ async def _live_candidate(store: FeedStore, source: str, window: str | None, key
 
 
 async def resolve_user_page(store: FeedStore, user_id: str, pinned: str | None, offset: int,
-                            limit: int) -> dict[str, Any]:
+                            limit: int, client_exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The first source, in fallback order, that has something for this user: own feed,
     segment feeds (:func:`fallbacks`), trending (1m, 10m), popular.
 
@@ -127,6 +165,8 @@ async def resolve_user_page(store: FeedStore, user_id: str, pinned: str | None, 
     into it runs to its end rather than jumping to another feed.
     """
     segment, exclude, own = await store.user_view(user_id)
+    if client_exclude:
+        exclude = exclude | client_exclude
     first: dict[str, Any] | None = None
     if own is not None:
         body = published_page(own, "user", user_id, pinned, offset, limit, exclude)
@@ -173,12 +213,17 @@ def _log_served(served: ServedLog, body: dict[str, Any], user_id: str | None) ->
     openapi_extra={"parameters": USER_FEED_PARAMS},
 )
 async def user_feed(request: Request):
+    svc = services(request)
     try:
-        user_id, limit, pinned, offset = feed_query(request, "user_id")
+        user_id, limit, pinned, offset, categories, exclude = feed_query(request, "user_id")
+        allowed = await known_categories(svc, categories) if categories else None
     except BadInput as exc:
         return exc.response()
-    svc = services(request)
-    body = await resolve_user_page(svc.store, user_id, pinned, offset, limit)
+    if allowed is None:
+        body = await resolve_user_page(svc.store, user_id, pinned, offset, limit, exclude)
+    else:
+        body = await resolve_filtered(svc.store, allowed, categories, user_id=user_id, pinned=pinned,
+                                      offset=offset, limit=limit, exclude=exclude)
     if body["source"] != "user":
         svc.metrics.inc(*FEED_FALLBACKS, source=body["source"])
     request.state.source = body["source"]
@@ -193,17 +238,22 @@ async def user_feed(request: Request):
     openapi_extra={"parameters": SEGMENT_FEED_PARAMS},
 )
 async def segment_feed(request: Request):
+    svc = services(request)
     try:
-        segment, limit, pinned, offset = feed_query(request, "segment")
+        segment, limit, pinned, offset, categories, exclude = feed_query(request, "segment")
+        allowed = await known_categories(svc, categories) if categories else None
     except BadInput as exc:
         return exc.response()
-    svc = services(request)
-    (feed,) = await svc.store.feeds([("seg", segment)])
     request.state.source = "segment"
-    if feed is None:
+    if allowed is None:
+        (feed,) = await svc.store.feeds([("seg", segment)])
+        body = published_page(feed, "segment", segment, pinned, offset, limit, exclude) if feed else None
+    else:
+        body = await resolve_filtered(svc.store, allowed, categories, segment=segment, pinned=pinned,
+                                      offset=offset, limit=limit, exclude=exclude)
+    if body is None:
         return json_response({"error": f"no feed published for segment {segment!r}", "field": "segment",
                               "segment": segment}, status_code=404)
-    body = published_page(feed, "segment", segment, pinned, offset, limit, frozenset())
     _log_served(svc.served, body, None)
     return json_response(body)
 

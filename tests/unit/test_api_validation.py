@@ -113,6 +113,15 @@ def test_take_page_ends_exactly_at_last_item():
         ("/v1/items?min_price=5&max_price=2", "max_price"),
         ("/v1/items?q=", "q"),
         ("/v1/items?cursor=" + encode_cursor("user:u1@1", 3), "cursor"),
+        ("/v1/items?q=%20%20", "q"),
+        ("/v1/items?q=!!%3F", "q"),
+        ("/v1/items?sort=cheap", "sort"),
+        ("/v1/feeds/users/u1?exclude=" + ",".join(f"i{n}" for n in range(101)), "exclude"),
+        ("/v1/feeds/users/u1?exclude=i1,,i2", "exclude"),
+        ("/v1/feeds/users/u1?exclude=" + "i" * 129, "exclude"),
+        ("/v1/feeds/users/u1?category=" + ",".join(f"c{n}" for n in range(11)), "category"),
+        ("/v1/feeds/segments/F%7C25-34%7Ccomedy?category=comedy,", "category"),
+        ("/v1/feeds/segments/F%7C25-34%7Ccomedy?exclude=" + ",".join(f"i{n}" for n in range(101)), "exclude"),
     ],
 )
 def test_bad_query_names_the_field(client, path, field):
@@ -221,7 +230,7 @@ def test_openapi_documents_every_endpoint(client):
     # the feed endpoints read their query by hand: their parameters are documented all the same
     for path, ident in (("/v1/feeds/users/{user_id}", "user_id"), ("/v1/feeds/segments/{segment}", "segment")):
         params = {p["name"]: p for p in spec["paths"][path]["get"]["parameters"]}
-        assert set(params) == {ident, "limit", "cursor"}
+        assert set(params) == {ident, "limit", "cursor", "category", "exclude"}
         assert params["limit"]["schema"]["maximum"] == 200 and params[ident]["in"] == "path"
     assert "examples" in spec["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]
     assert client.get("/docs").status_code == 200

@@ -11,7 +11,8 @@ import pytest
 
 from feature_store.segments import fallbacks
 from models import data
-from models.publish import ROOT_SEGMENT, build_feeds, feed_segments
+from feature_store import online
+from models.publish import ROOT_SEGMENT, build_feeds, category_feeds, feed_segments
 
 
 def _events(rows):
@@ -140,3 +141,22 @@ def test_train_and_publish_modules_do_not_import_tensorflow():
     code = "import sys, models.train, models.publish, models.data; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_per_category_feeds_hold_only_their_category_best_first():
+    users = data.user_features(pd.DataFrame({"user_id": ["u1"], "gender": ["F"], "age": [30],
+                                             "interests": [["comedy"]]}))
+    catalogue = pd.DataFrame({"item_id": ["c1", "c2", "c3", "d1", "d2", "x1"],
+                              "category": ["comedy", "comedy", "comedy", "drama", "drama", "music"]})
+    recent = pd.DataFrame(columns=["user_id", "item_id", "event_type"])
+    feeds = build_feeds(StubModel(), "7", users, catalogue, recent, feed_size=3, log=lambda _: None,
+                        category_size=2, max_categories=2)
+    by_category = {ident: f for (kind, ident), f in feeds.items() if kind == online.CATEGORY_FEED}
+    segments = {ident for kind, ident in feeds if kind == "seg"}
+    # the two largest categories, for every segment feed; music (one item) has none
+    assert set(by_category) == {online.category_feed_ident(s, c) for s in segments for c in ("comedy", "drama")}
+    comedy = by_category[online.category_feed_ident("F|25-34|comedy", "comedy")]
+    assert comedy.items == ["c3", "c2"] and comedy.scores[0] >= comedy.scores[1]  # best 2 of 3, best first
+    assert by_category[online.category_feed_ident("F|25-34|comedy", "drama")].items == ["d2", "d1"]
+    assert category_feeds(["s"], np.zeros((1, 2)), np.array(["a", "b"], dtype=object),
+                          np.array(["x", "y"], dtype=object), 0, 5, "7", 0) == {}

@@ -1,4 +1,5 @@
-"""Catalogue search for ``GET /v1/items``, over the layout of :mod:`feature_store.catalogue`.
+"""The catalogue search of `GET /v1/items` before issue 17 (a substring scan in price order), kept as
+the baseline of ``python -m bench.search``; the API now answers from :mod:`serving.search_index`.
 
 Candidates are the category's (or the whole catalogue's) price index within the price
 range, in price order; a text query keeps those whose title or keywords contain each

@@ -1,0 +1,193 @@
+"""Category-filtered feeds: ``GET /v1/feeds/users/{id}?category=a,b`` (and on segment feeds).
+
+A filtered page is a slice of one merged list of candidates, each item once, in this order:
+
+1. the user's own feed, restricted to the categories (user endpoint only);
+2. for each segment of the user's fallback chain (on the segment endpoint: that segment
+   only), its per-category feeds (published beside the segment feed by
+   ``models.publish``; several categories merged by score), or, where none were
+   published, its segment feed restricted to the categories;
+3. trending (1m, then 10m), then popular, restricted to the categories (the top
+   :data:`LIVE_SCAN` of each ranking).
+
+Items the user saw recently and the client's ``exclude`` ids never enter the list. Each
+item says its ``source``; the page's ``sources`` lists them in order. Item categories come
+from the worker's copy of the current catalogue (:mod:`serving.catalogues`), as the set of
+the wanted categories' item ids.
+
+The page's ``feed_id`` is the first published feed's (``user:<id>@<pub>``, else the
+segment's) with ``?category=...`` appended: the cursor pins it, so a new publication of
+that feed, or other categories, start the pages again (``cursor_reset``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterable, Mapping
+from typing import Any
+
+from feature_store import online
+from feature_store.segments import ANY, fallbacks
+from serving.pages import encode_cursor, feed_id_of, iso, now_ms
+from serving.store import FeedStore
+
+LIVE_SCAN = 500
+UNKNOWN_SEGMENT = "|".join((ANY, ANY, ANY))
+LIVE = (("trending", "1m"), ("trending", "10m"), ("popular", None))
+
+
+def feed_rows(feed: Mapping[str, Any]) -> Iterable[tuple[str, float | None]]:
+    items, scores = feed["items"], feed.get("scores") or []
+    if len(scores) >= len(items):
+        return zip(items, scores)
+    return zip(items, [*scores, *[None] * (len(items) - len(scores))])
+
+
+def merged_by_score(feeds: list[Mapping[str, Any]]) -> list[tuple[str, float | None]]:
+    """The rows of several feeds of one publication, best score first (a single feed keeps its order)."""
+    if len(feeds) == 1:
+        return list(feed_rows(feeds[0]))
+    rows = [row for feed in feeds for row in feed_rows(feed)]
+    return sorted(rows, key=lambda r: -r[1] if r[1] is not None else float("inf"))
+
+
+class Candidates:
+    """The merged list: items in ``allowed`` (the item ids of the wanted categories), each once,
+    none skipped; it stops growing at ``need`` entries (a page and one more)."""
+
+    def __init__(self, allowed: Container[str], skip: frozenset[str], need: int = 1 << 30) -> None:
+        self.allowed = allowed
+        self.taken = set(skip)
+        self.entries: list[tuple[str, float | None, str]] = []
+        self.need = need
+
+    def add(self, rows: Iterable[tuple[str, float | None]], source: str) -> None:
+        room = self.need - len(self.entries)
+        allowed, taken, append = self.allowed, self.taken, self.entries.append
+        for item, score in rows:
+            if room <= 0:
+                return
+            if item in allowed and item not in taken:
+                taken.add(item)
+                append((item, score, source))
+                room -= 1
+
+    @property
+    def full(self) -> bool:
+        return len(self.entries) >= self.need
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def _meta(source: str, ident: str | None, feed: Mapping[str, Any] | None) -> dict[str, Any]:
+    if feed is None:
+        now = now_ms()
+        return {"source": source, "feed_id": "popular:all", "model_version": None, "generated_at_ms": now,
+                "publication": None}
+    publication = str(feed.get("publication") or "") or None
+    version = feed.get("model_version")
+    return {"source": source, "feed_id": feed_id_of("user" if source == "user" else "seg", ident, publication),
+            "model_version": None if version is None else str(version),
+            "generated_at_ms": int(feed["generated_at_ms"]), "publication": publication}
+
+
+def filtered_page(candidates: Candidates, meta: dict[str, Any], categories: list[str], pinned: str | None,
+                  offset: int, limit: int, segment: str | None) -> dict[str, Any]:
+    """The page at ``offset`` of the merged list (pure)."""
+    feed_id = f"{meta['feed_id']}?category={','.join(categories)}"
+    reset = pinned is not None and pinned != feed_id
+    start = 0 if reset else offset
+    rows = candidates.entries[start:start + limit]
+    sources = list(dict.fromkeys(source for _, _, source in rows))
+    nxt = start + limit if len(candidates) > start + limit else None
+    return {
+        "source": sources[0] if sources else meta["source"],
+        "segment": segment,
+        "window": None,
+        "feed_id": feed_id,
+        "model_version": meta["model_version"],
+        "generated_at": iso(meta["generated_at_ms"]),
+        "generated_at_ms": meta["generated_at_ms"],
+        "publication": meta["publication"],
+        "items": [{"item_id": item, "score": score, "position": start + n, "source": source}
+                  for n, (item, score, source) in enumerate(rows)],
+        "next_cursor": encode_cursor(feed_id, nxt) if nxt is not None else None,
+        "cursor_reset": reset,
+        "categories": categories,
+        "sources": sources,
+    }
+
+
+async def _add_segments(store: FeedStore, candidates: Candidates, chain: list[str],
+                        categories: list[str]) -> tuple[dict[str, Any] | None, str | None, str | None]:
+    """Adds the chain's segment candidates; returns (first feed found, its segment, first segment used)."""
+    refs = []
+    for segment in chain:
+        refs.append(("seg", segment))
+        refs += [(online.CATEGORY_FEED, online.category_feed_ident(segment, c)) for c in categories]
+    feeds = iter(await store.feeds(refs))
+    first, first_segment, used = None, None, None
+    for segment in chain:
+        if candidates.full:
+            break
+        whole = next(feeds)
+        by_category = [f for f in (next(feeds) for _ in categories) if f is not None]
+        if whole is None and not by_category:
+            continue
+        if first is None:
+            first, first_segment = whole or by_category[0], segment
+        before = len(candidates)
+        candidates.add(merged_by_score(by_category) if by_category else feed_rows(whole), "segment")
+        if used is None and len(candidates) > before:
+            used = segment
+    return first, first_segment, used
+
+
+async def _user_start(store: FeedStore, user_id: str, categories: list[str], exclude: frozenset[str],
+                      allowed: Container[str], need: int):
+    """(candidates from the user's own feed and the category feeds of the first segment of their
+    chain that has any, meta, segments still to read, segment used): one round trip."""
+    if all(online.is_plain(c) for c in categories):
+        segment, recent, own, by_category = await store.user_view_categories(user_id, categories)
+    else:
+        (segment, recent, own), by_category = await store.user_view(user_id), None
+    chain = fallbacks(segment or UNKNOWN_SEGMENT)
+    candidates = Candidates(allowed, recent | exclude, need)
+    meta, used = None, None
+    if own is not None:
+        candidates.add(feed_rows(own), "user")
+        meta = _meta("user", user_id, own)
+    if by_category is not None and by_category[0] in chain:
+        found_segment, feeds = by_category[0], [f for f in by_category[1] if f is not None]
+        before = len(candidates)
+        candidates.add(merged_by_score(feeds), "segment")
+        meta = meta or _meta("segment", found_segment, feeds[0])
+        used = found_segment if len(candidates) > before else None
+        # the segments before it have no category feeds (their whole feeds are read only if still short)
+    return candidates, meta, chain, used
+
+
+async def resolve_filtered(store: FeedStore, allowed: Container[str], categories: list[str], *,
+                           user_id: str | None = None, segment: str | None = None, pinned: str | None = None,
+                           offset: int = 0, limit: int = 20,
+                           exclude: frozenset[str] = frozenset()) -> dict[str, Any] | None:
+    """A filtered page for ``user_id`` (own feed, segment chain, live rankings) or for ``segment``
+    (that segment's feeds, live rankings); None when ``segment`` has no feed published.
+    ``allowed``: the item ids of ``categories`` (:meth:`SearchIndex.members_of`)."""
+    need = offset + limit + 1  # one more tells whether there is a next page
+    if user_id is not None:
+        candidates, meta, chain, used = await _user_start(store, user_id, categories, exclude, allowed, need)
+    else:
+        candidates, meta, chain, used = Candidates(allowed, exclude, need), None, [segment], None
+    if not candidates.full and chain:
+        first, first_segment, used_later = await _add_segments(store, candidates, chain, categories)
+        if user_id is None and first is None:
+            return None
+        if meta is None and first is not None:
+            meta = _meta("segment", first_segment, first)
+        used = used or used_later
+    if not candidates.full:
+        keys = [online.trending_key(w) if w else online.popular_key() for _, w in LIVE]
+        for (source, _), (_, rows) in zip(LIVE, await store.zset_pages(keys, 0, LIVE_SCAN)):
+            candidates.add(rows, source)
+    return filtered_page(candidates, meta or _meta("popular", None, None), categories, pinned, offset, limit, used)
