@@ -28,6 +28,7 @@ STREAMING_QUERIES = (
     ("stream-learner", "stream-learner", "events_topic", "stream-learner"),
 )
 CTR_DAYS = 2  # CTR over today's and yesterday's partitions (UTC)
+CTR_EVERY_S = 60.0  # a Spark job on the thrift server each time; served feeds land in Hive every 30 s anyway
 
 CTR_SQL = """
 SELECT f.model_version, f.segment,
@@ -66,7 +67,7 @@ class Collector:
         self.every: dict[str, tuple[float, Callable[[], dict]]] = {
             "events": (1.0, self.read_events), "freshness": (1.0, self.read_freshness),
             "lag": (2.0, self.read_lag), "sources": (2.0, self.read_sources), "health": (5.0, self.read_health),
-            "champion": (10.0, self.read_champion), "ctr": (30.0, self.read_ctr),
+            "champion": (10.0, self.read_champion), "ctr": (CTR_EVERY_S, self.read_ctr),
         }
 
     # -- threads ------------------------------------------------------------------

@@ -178,10 +178,10 @@ def test_airflow_ui_shows_the_latest_successful_retrain(settings, browser, lates
     run_id = latest_success["dag_run_id"]
     context, page = _page(browser, settings.airflow.admin_user, settings.airflow.admin_password)
     try:
-        page.goto(f"{base}/auth/login/")
-        page.locator("input:not([type=password]):not([type=hidden])").first.fill(settings.airflow.admin_user)
-        page.locator("input[type=password]").first.fill(settings.airflow.admin_password)
-        page.locator("button[type=submit]").first.click()
+        page.goto(f"{base}/auth/login")  # SimpleAuthManager's form: Username, Password, "Sign in"
+        page.locator("input[name=username]").fill(settings.airflow.admin_user)
+        page.locator("input[name=password]").fill(settings.airflow.admin_password)
+        page.locator("button[type=submit]").click()
         page.wait_for_url(re.compile(r"^(?!.*/auth/login).*$"))
         page.goto(f"{base}/dags/{DAG_ID}/runs/{run_id}")
         page.wait_for_function(
