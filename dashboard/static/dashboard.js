@@ -6,6 +6,15 @@ const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
 const fmt = (x, digits = 1) => (x === null || x === undefined) ? "–" : Number(x).toLocaleString(undefined, {maximumFractionDigits: digits});
 
+// seconds as a person reads them: 0.84 s, 14 min, 3.2 h, 10.0 d
+function duration(s) {
+  if (s === null || s === undefined) return "–";
+  if (s < 120) return fmt(s, 2) + " s";
+  if (s < 7200) return fmt(s / 60, 0) + " min";
+  if (s < 172800) return fmt(s / 3600, 1) + " h";
+  return fmt(s / 86400, 1) + " d";
+}
+
 function table(el, head, rows) {
   el.innerHTML = "<tr>" + head.map(([h, cls]) => `<th class="${cls || ""}">${esc(h)}</th>`).join("") + "</tr>" +
     rows.map((r) => "<tr>" + r.map(([v, cls]) => `<td class="${cls || ""}">${v}</td>`).join("") + "</tr>").join("");
@@ -63,8 +72,8 @@ function drawEvents(snap) {
 function drawFreshness(snap) {
   const p = panel(snap, "freshness");
   if (!p) return;
-  $("event-to-redis").textContent = fmt(p.event_to_redis_s, 2);
-  $("click-to-feed").textContent = fmt(p.click_to_feed_s, 2);
+  $("event-to-redis").textContent = duration(p.event_to_redis_s);
+  $("click-to-feed").textContent = duration(p.click_to_feed_s);
   const notes = [];
   if (p.event_to_redis_age_s !== undefined) notes.push(`sink's last batch ${fmt(p.event_to_redis_age_s, 0)}s ago`);
   notes.push(p.click_to_feed_age_s !== undefined ? `learner's last batch ${fmt(p.click_to_feed_age_s, 0)}s ago (${esc(p.learner_reason)})`
