@@ -68,8 +68,9 @@ def events_panel(rates: dict[str, float] | None, progress: dict | None, now: flo
     if progress is None:
         return {"ok": False, "error": "the events sink has processed no batch yet (no var/run/stream-events.json)"}
     rates = rates or {}
-    by_type = {k.split(":", 1)[1]: round(v, 2) for k, v in sorted(rates.items()) if k.startswith("type:")}
     totals = progress.get("since_start", {})
+    types = sorted({k.split(":", 1)[1] for k in rates if k.startswith("type:")} | set(totals.get("by_type") or {}))
+    by_type = {t: round(rates.get(f"type:{t}", 0.0), 2) for t in types}
     return {"ok": True, "events_per_s": round(rates.get("valid", 0.0), 2), "dlq_per_s": round(rates.get("rejected", 0.0), 2),
             "by_type_per_s": by_type, "total_valid": totals.get("valid", 0), "total_dlq": totals.get("rejected", 0),
             "last_batch": progress.get("batch_id"), "last_batch_age_s": round(now - progress.get("updated_at", now), 1)}

@@ -75,6 +75,10 @@ def test_the_events_panel_has_the_rate_by_type_and_the_dlq_rate():
     assert (panel["total_valid"], panel["total_dlq"], panel["last_batch"], panel["last_batch_age_s"]) == (300, 4, 7, 2.0)
 
 
+def test_every_type_the_sink_has_seen_is_listed_before_there_is_a_rate():
+    assert snapshot.events_panel(None, SINK, 1000.0)["by_type_per_s"] == {"click": 0.0, "view": 0.0}
+
+
 def test_a_sink_without_progress_is_shown_as_down():
     panel = snapshot.events_panel(None, None, 0.0)
     assert not panel["ok"] and "no batch" in panel["error"]
