@@ -91,8 +91,9 @@ def trial(settings, client, producer, segment: str, fans: list[str], clicks: int
 
 
 def _learner_progress(settings) -> dict:
-    path = settings.var / "run" / "stream-learner.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    from feedloop.progress import read_progress
+
+    return read_progress(settings, "stream-learner") or {}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -223,11 +223,9 @@ def produce(settings, backend: str, n_events: int) -> dict:
 
 
 def sink_progress(settings) -> dict | None:
-    path = settings.var / "run" / "stream-events.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    from feedloop.progress import read_progress
+
+    return read_progress(settings, "stream-events")
 
 
 def steady_rate(timeline: list[tuple[float, int]], expected: int) -> tuple[float | None, float | None, float | None]:

@@ -218,6 +218,7 @@ def print_where_to_look(settings, feed: dict) -> None:
   MLflow UI      http://{host}:{settings.mlflow.port}   (login {settings.mlflow.admin_user} / {settings.mlflow.admin_password}; model {settings.mlflow.model_name}, alias champion)
   HiveServer2    jdbc:hive2://{settings.hive.hs2_host}:{settings.hive.hs2_port}   (login {settings.hive.analyst_user}, password in {settings.var / 'secrets' / 'hive__analyst_password'})
   Feed API       http://{host}:{settings.api.port}/docs
+  Dashboard      http://{host}:{settings.dashboard.port}   (login {settings.dashboard.admin_user} / {settings.dashboard.admin_password}; the loop, live)
 
   {beeline} -u jdbc:hive2://{settings.hive.hs2_host}:{settings.hive.hs2_port} -n {settings.hive.analyst_user} \\
       -w {settings.var / 'secrets' / 'hive__analyst_password'} -e "select count(*) from feedloop.events"
@@ -254,6 +255,7 @@ COMMANDS = {
     "publish": ("models.publish:main", "publish segment and user feeds from the champion to Redis", _ds),
     "report": ("models.publish:report", "print a summary of a day's retrain", _ds),
     "serve": ("serving.app:main", "run the feed API", _none),
+    "dashboard": ("dashboard.app:main", "run the live dashboard of the loop (the service `dashboard`)", _none),
     "run-dag": ("infra.airflow_client:cmd_run_dag", "trigger an Airflow DAG run for --ds and wait for it", _dag),
     "backfill": ("infra.airflow_client:cmd_backfill", "backfill a DAG over a range of days (Airflow's backfill) "
                  "and follow it", _backfill),

@@ -34,6 +34,7 @@ SECRET_FIELDS = {
     ("mlflow", "admin_password"),
     ("hive", "password"),
     ("hive", "analyst_password"),
+    ("dashboard", "admin_password"),
 }
 
 
@@ -201,6 +202,15 @@ class SearchSettings(_Section):
     index_prefix: str = "feedloop-catalogue"
     timeout_s: float = 0.5
 
+class DashboardSettings(_Section):
+    port: int = 8050
+    # HTTP basic auth, like MLflow's UI: the page shows the stack's state and links to the other UIs
+    admin_user: str = "admin"
+    admin_password: str = ""
+    refresh_s: float = 2.0  # how often the page asks for a new snapshot
+
+    _ports = field_validator("port")(_check_port)
+
 
 class ModelSettings(_Section):
     # The two-tower model and its training: every field of models.two_tower.TowerConfig, then the
@@ -283,6 +293,8 @@ class Settings(_Section):
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
+
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
 
     # -- derived paths -------------------------------------------------

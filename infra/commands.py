@@ -103,6 +103,8 @@ def service_command(settings: Settings, name: str) -> tuple[list[str], dict[str,
         env.update(airflow_env(settings))
     elif name == "api":
         argv = [str(VENV_BIN / "feedloop"), "serve"]
+    elif name == "dashboard":
+        argv = [str(VENV_BIN / "feedloop"), "dashboard"]
     elif name in ("stream-events", "stream-learner"):
         argv = [str(VENV_BIN / "feedloop"), name]
         env["SPARK_HOME"] = str(pyspark_home())

@@ -16,6 +16,8 @@ command -v java >/dev/null || apt_missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || apt_missing+=(maven)
 command -v ss >/dev/null || apt_missing+=(iproute2)
 command -v wrk >/dev/null || apt_missing+=(wrk)
+# the browser the dashboard's integration test drives with Playwright (which cannot download its own here)
+[ -x /usr/bin/chromium ] || apt_missing+=(chromium)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   say "apt-get install ${apt_missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

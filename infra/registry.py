@@ -39,6 +39,7 @@ SERVICES: list[Service] = [
     Service("airflow-dag-processor", "", 3, running("airflow-dag-processor"), 120, "Airflow DAG processor"),
     Service("airflow-triggerer", "", 3, running("airflow-triggerer"), 120, "Airflow triggerer"),
     Service("api", "api.port", 3, http("api.port", "/healthz"), 60, "feed API"),
+    Service("dashboard", "dashboard.port", 3, http("dashboard.port", "/healthz"), 60, "live dashboard of the loop"),
     Service("stream-events", "", 3, streaming("stream-events"), 420, "streaming sink Kafka -> Hive events"),
     Service("stream-learner", "", 3, streaming("stream-learner"), 420,
             "online learner: clicks/dwell -> fine-tuned champion -> segment feeds", optional=True),

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from feedloop.events import DLQ_MAX_MESSAGE_BYTES, FIELDS
-from feedloop.progress import write_json_atomic
+from feedloop.progress import checkpoint_dir, committed_partition_offsets, progress_path, write_json_atomic
 from feedloop.settings import Settings, get_settings
 from spark.hive_files import BatchFiles
 from spark.resilient import heartbeat_listener, run_resilient
@@ -111,8 +111,10 @@ class EventsSink:
         self.checkpoint = checkpoint
         self.table = f"{settings.hive.database}.{TABLE}"
         self.files = BatchFiles(spark, self.table, ["dt", "hr"], f"{settings.warehouse.as_uri()}/_staging")
-        self.progress_path = settings.var / "run" / "stream-events.json"
+        self.progress_path = progress_path(settings, "stream-events")
         self.totals = {"batches": 0, "valid": 0, "rejected": 0, "duplicates": 0, "aggregated": 0, "late": 0}
+        self.by_type: dict[str, int] = {}  # valid events since start, by event_type
+        self.redis_lag_s: float | None = None
         self.known_partitions: set[tuple] = set()
         self._aggregates = None
 
@@ -132,15 +134,21 @@ class EventsSink:
 
         started = time.time()
         rows = batch_df.persist(StorageLevel.MEMORY_AND_DISK)
-        # one action: partitions and counts (and it fills the cache the rest reads)
-        counts = rows.groupBy(F.col("reason").isNull().alias("ok"), "dt", "hr").count().collect()
-        partitions = sorted((r.dt, r.hr) for r in counts if r.ok)
+        # one action: partitions and counts by type (and it fills the cache the rest reads)
+        counts = rows.groupBy(F.col("reason").isNull().alias("ok"), "dt", "hr", "event_type").count().collect()
+        partitions = sorted({(r.dt, r.hr) for r in counts if r.ok})
         n_valid = sum(r["count"] for r in counts if r.ok)
         n_rejected = sum(r["count"] for r in counts if not r.ok)
+        for r in counts:
+            if r.ok:
+                self.by_type[r.event_type] = self.by_type.get(r.event_type, 0) + r["count"]
         valid = rows.where(F.col("reason").isNull())
         phases = {"read": time.time() - started}
         agg = self.aggregates()(valid, batch_id) if n_valid else None  # Redis first: the fresher path
         phases["redis"] = time.time() - started - sum(phases.values())
+        # event time of the batch's newest event -> its aggregates in Redis (the dashboard's freshness)
+        if agg is not None and agg.max_ts is not None:
+            self.redis_lag_s = max(0.0, time.time() - agg.max_ts / 1000)
         # a replay first forgets what its crashed attempt wrote
         self.files.delete_attempt(batch_id, partitions)
         if n_valid:
@@ -172,7 +180,9 @@ class EventsSink:
         self.totals["late"] += late
         state = {"batch_id": batch_id, "updated_at": time.time(), "batch_seconds": round(seconds, 2),
                  "phase_seconds": {k: round(v, 2) for k, v in phases.items()},
-                 "last_batch": {"written": written, "rejected": rejected, "late": late}, "since_start": self.totals}
+                 "last_batch": {"written": written, "rejected": rejected, "late": late},
+                 "since_start": {**self.totals, "by_type": dict(self.by_type)},
+                 "redis_lag_s": round(self.redis_lag_s, 2) if self.redis_lag_s is not None else None}
         write_json_atomic(self.progress_path, state)
         split = ", ".join(f"{k} {v:.1f}s" for k, v in phases.items())
         print(f"batch {batch_id}: {written} events -> {self.table} and Redis aggregates, {rejected} -> DLQ "
@@ -218,18 +228,10 @@ def read_kafka(spark, settings: Settings, topic: str | None = None):
 SERVED_TRIGGER_S = 30
 
 
-def checkpoint_dir(settings: Settings, query: str = "stream-events") -> Path:
-    return settings.var / "checkpoints" / query
-
-
 def committed_offsets(settings: Settings) -> int | None:
     """Sum over partitions of the Kafka offsets the events sink has committed (its checkpoint); None before any."""
-    checkpoint = checkpoint_dir(settings)
-    commits = sorted(int(p.name) for p in (checkpoint / "commits").glob("[0-9]*")) if checkpoint.exists() else []
-    if not commits:
-        return None
-    offsets = json.loads((checkpoint / "offsets" / str(commits[-1])).read_text().splitlines()[-1])
-    return sum(int(v) for v in offsets[settings.kafka.events_topic].values())
+    offsets = committed_partition_offsets(settings, "stream-events", settings.kafka.events_topic)
+    return None if offsets is None else sum(offsets.values())
 
 
 def _start(stream, sink, name: str, checkpoint: Path, once: bool, every_s: int):

@@ -35,6 +35,7 @@ TEST_ENV = {
     "FEEDLOOP_MLFLOW__PORT": str(5000 + PORT_SHIFT),
     "FEEDLOOP_AIRFLOW__PORT": str(8080 + PORT_SHIFT),
     "FEEDLOOP_API__PORT": str(8000 + PORT_SHIFT),
+    "FEEDLOOP_DASHBOARD__PORT": str(8050 + PORT_SHIFT),
     # the test stack's deployment override: a shorter search (the shipped 8 trials cost minutes per retrain)
     "FEEDLOOP_MODEL__TUNE_TRIALS": "3",
 }

@@ -1,0 +1,1 @@
+"""The live dashboard of the loop (`feedloop dashboard`, the supervised service `dashboard`)."""
