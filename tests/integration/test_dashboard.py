@@ -174,11 +174,13 @@ def test_mlflow_ui_shows_the_champion_alias(settings, browser, champion, screens
     name = settings.mlflow.model_name
     try:
         page.goto(f"http://{settings.bind_host}:{settings.mlflow.port}/#/models/{name}/versions/{champion}")
-        page.wait_for_function(
-            f"() => document.body.innerText.includes('champion') && /Version {champion}\\b/.test(document.body.innerText)")
+        page.wait_for_function(f"() => /Version {champion}\\b/.test(document.body.innerText)")
         page.screenshot(path=str(screenshots / "mlflow-champion.png"), full_page=True)
+        # the registered model's versions table: the alias chip "@ champion" (the gate's tag value
+        # "champion" alone would not do), beside the champion's version
         page.goto(f"http://{settings.bind_host}:{settings.mlflow.port}/#/models/{name}")
-        page.wait_for_function("() => document.body.innerText.includes('champion')")
+        page.wait_for_function(
+            f"() => /@\\s*champion/.test(document.body.innerText) && /Version {champion}\\b/.test(document.body.innerText)")
         page.screenshot(path=str(screenshots / "mlflow-model.png"), full_page=True)
     finally:
         context.close()
