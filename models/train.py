@@ -17,7 +17,7 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 import mlflow
@@ -180,7 +180,8 @@ def train_and_register(
     ``users``: ``user_id, gender, age, interests``; ``items``: ``item_id, category``.
     The new version is tagged ``gate=pending``; ``feedloop gate`` decides its alias. A retried try of the
     same DAG run (:func:`attempt_key`) registers nothing new: it finishes tagging the version an earlier
-    try registered and returns it.
+    try registered and returns it, unless the gate has already decided that version (the run finished
+    and was cleared to run the day again): then it trains again.
     """
     from models import tuning
 
@@ -198,6 +199,12 @@ def train_and_register(
     experiment = mlflow.set_experiment(settings.mlflow.experiment)
     name, key = settings.mlflow.model_name, attempt_key(ds)
     earlier = registered_attempt(client, experiment.experiment_id, name, key) if key else None
+    if earlier is not None and earlier[1].tags.get("gate") not in (None, "pending"):
+        # the gate decided that version: this DAG run finished and was cleared (`feedloop run-dag` of a day
+        # that already ran) to run the day again, which is what a retry of an unfinished try is not
+        log(f"train: v{earlier[1].version} of this DAG run was gated ({earlier[1].tags['gate']}); "
+            f"the run was cleared to run {ds} again: training again")
+        earlier = None
     if earlier is not None:
         run, version = earlier
         if version.tags.get("gate") is None:  # that try stopped before its tags

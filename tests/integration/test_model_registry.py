@@ -128,3 +128,22 @@ def test_a_gate_whose_hive_write_failed_is_retried_and_gates_its_version(retried
     rows = hive_query(settings, f"SELECT model_version, is_champion FROM {settings.hive.database}.model_metrics "
                                 f"WHERE dt = '{RETRY_DS}' AND model_name = '{name}'")
     assert rows and {str(v) for v, _ in rows} == {newest.version}, rows
+
+
+def test_a_cleared_dag_run_trains_again_once_its_version_was_gated(retried_train):
+    """`feedloop run-dag` of a day that already ran clears the finished run: same run id, but not a retry."""
+    from models.train import train_and_register
+
+    settings, (train, holdout, users, items), *_ = retried_train
+    client = configure_mlflow(settings)
+    name = settings.mlflow.model_name
+    gated = max(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    client.set_model_version_tag(name, gated.version, "gate", "challenger")  # the gate decided it
+    dag_run_id = client.get_run(gated.run_id).data.tags["train_key"].split("|", 1)[1]
+    lines: list[str] = []
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AIRFLOW_CTX_DAG_RUN_ID", dag_run_id)
+        again = train_and_register(train, holdout, users, items, RETRY_DS, settings, log=lines.append)
+    assert int(again.version) == int(gated.version) + 1
+    assert any("training again" in line for line in lines), lines
+    assert client.get_model_version(name, again.version).tags["gate"] == "pending"
