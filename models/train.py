@@ -157,6 +157,25 @@ def registered_attempt(client: MlflowClient, experiment_id: str, name: str, key:
     return None
 
 
+def unfinished_try(client: MlflowClient, experiment_id: str, name: str, key: str, ds: str, log):
+    """(run, version) that an earlier try of this DAG run registered and the gate has not decided, its tags
+    finished; None when there is none, or when the gate decided it: the run finished and was cleared
+    (`feedloop run-dag` of a day that already ran) to run the day again, which a retry is not."""
+    earlier = registered_attempt(client, experiment_id, name, key)
+    if earlier is None:
+        return None
+    run, version = earlier
+    if version.tags.get("gate") not in (None, "pending"):
+        log(f"train: v{version.version} of this DAG run was gated ({version.tags['gate']}); "
+            f"the run was cleared to run {ds} again: training again")
+        return None
+    if version.tags.get("gate") is None:  # that try stopped before its tags
+        _tag_pending(client, name, version.version, ds, run.info.run_id)
+    log(f"train: v{version.version} was registered for {ds} by an earlier try of this DAG run "
+        f"(run {run.info.run_id}); not training again")
+    return earlier
+
+
 def _tag_pending(client: MlflowClient, name: str, version: str, ds: str, run_id: str) -> None:
     """The tags the gate looks for: the day, the run, and ``gate=pending`` (set last)."""
     client.set_model_version_tag(name, version, "ds", ds)
@@ -198,19 +217,9 @@ def train_and_register(
     client = configure_mlflow(settings)
     experiment = mlflow.set_experiment(settings.mlflow.experiment)
     name, key = settings.mlflow.model_name, attempt_key(ds)
-    earlier = registered_attempt(client, experiment.experiment_id, name, key) if key else None
-    if earlier is not None and earlier[1].tags.get("gate") not in (None, "pending"):
-        # the gate decided that version: this DAG run finished and was cleared (`feedloop run-dag` of a day
-        # that already ran) to run the day again, which is what a retry of an unfinished try is not
-        log(f"train: v{earlier[1].version} of this DAG run was gated ({earlier[1].tags['gate']}); "
-            f"the run was cleared to run {ds} again: training again")
-        earlier = None
+    earlier = unfinished_try(client, experiment.experiment_id, name, key, ds, log) if key else None
     if earlier is not None:
         run, version = earlier
-        if version.tags.get("gate") is None:  # that try stopped before its tags
-            _tag_pending(client, name, version.version, ds, run.info.run_id)
-        log(f"train: v{version.version} was registered for {ds} by an earlier try of this DAG run "
-            f"(run {run.info.run_id}); not training again")
         return _result(settings, experiment.experiment_id, run.info.run_id, version.version, run.data.metrics, log)
     base_key = tuning_key(ms)
     reuse = recent_choice(client, experiment.experiment_id, ds, len(catalogue), base_key, ms, log)
