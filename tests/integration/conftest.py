@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,25 @@ def feedloop_cli(*args: str, env: dict | None = None, timeout_s: float = 900) ->
     return run
 
 
+
+
+@contextmanager
+def api_over_private_redis(settings, directory: Path):
+    """(redis client, API TestClient) of the test stack's settings over a redis-server of its own in ``directory``."""
+    import warnings
+
+    from bench.private import PrivateRedis
+    from serving.app import create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # starlette asks for httpx2; httpx works
+        from fastapi.testclient import TestClient
+
+    server = PrivateRedis(directory)
+    client = server.start()
+    redis_settings = settings.redis.model_copy(update={"port": server.port, "password": ""})
+    try:
+        with TestClient(create_app(settings.model_copy(update={"redis": redis_settings}))) as api:
+            yield client, api
+    finally:
+        server.stop()

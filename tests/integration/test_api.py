@@ -16,11 +16,11 @@ import warnings
 import orjson
 import pytest
 
-from bench.private import PrivateRedis
 from feature_store import catalogue as catalogue_store
 from feature_store import online
 from feedloop.events import new_event
 from serving.app import create_app
+from tests.integration.conftest import api_over_private_redis
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette asks for httpx2; httpx works
@@ -62,14 +62,8 @@ def _items(body):
 def private_api(settings, tmp_path):
     """The API over a redis-server of its own (client, TestClient): for the trending and popular
     rankings and the catch-all feed, which the stack's running stream and jobs rewrite."""
-    server = PrivateRedis(tmp_path)
-    client = server.start()
-    redis_settings = settings.redis.model_copy(update={"port": server.port, "password": ""})
-    try:
-        with TestClient(create_app(settings.model_copy(update={"redis": redis_settings}))) as api:
-            yield client, api
-    finally:
-        server.stop()
+    with api_over_private_redis(settings, tmp_path) as pair:
+        yield pair
 
 
 def test_user_feed_with_its_model_version(api, redis_client, uid, cleanup):

@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 
 import pytest
 
-from bench.private import PrivateRedis
 from feature_store import catalogue as catalogue_store
 from feature_store import online
-from serving.app import create_app
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # starlette asks for httpx2; httpx works
-    from fastapi.testclient import TestClient
+from tests.integration.conftest import api_over_private_redis
 
 pytestmark = pytest.mark.integration
 
@@ -32,14 +26,8 @@ PARENT = "F|25-34|any"
 @pytest.fixture(scope="module")
 def private(settings, tmp_path_factory):
     """(redis client, API TestClient) over a redis-server of this module's own."""
-    server = PrivateRedis(tmp_path_factory.mktemp("redis"))
-    client = server.start()
-    redis_settings = settings.redis.model_copy(update={"port": server.port, "password": ""})
-    try:
-        with TestClient(create_app(settings.model_copy(update={"redis": redis_settings}))) as api:
-            yield client, api
-    finally:
-        server.stop()
+    with api_over_private_redis(settings, tmp_path_factory.mktemp("redis")) as pair:
+        yield pair
 
 
 def wait_served(api, version: str, timeout_s: float = 30.0) -> None:
