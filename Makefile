@@ -13,8 +13,8 @@ help: ## list the targets
 install: ## install what is missing: apt packages, .venv from requirements.lock, JVM jars
 	@bash infra/install.sh
 
-up: install ## start every service (supervised, logs in var/log)
-	@$(FEEDLOOP) up
+up: install ## start every service (supervised, logs in var/log); `make up PROFILE=cluster` for the cluster profile
+	@$(FEEDLOOP) up $(if $(PROFILE),--profile $(PROFILE))
 
 down: ## stop every process feedloop started
 	@if [ -x $(FEEDLOOP) ]; then $(FEEDLOOP) down; else echo "nothing to stop (no .venv)"; fi

@@ -30,6 +30,12 @@ def _services(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("services", nargs="*", help="only these services (default: all)")
 
 
+def _up(parser: argparse.ArgumentParser) -> None:
+    _services(parser)
+    parser.add_argument("--profile", help="single (default) or cluster (infra/profiles/*.yaml; docs/cluster.md); "
+                        "kept in var/run/profile for later commands until `feedloop down`")
+
+
 def _simulate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--items", type=int, default=300)
@@ -232,7 +238,7 @@ Everything keeps running: `make status` shows it, `make down` stops it. Logs: {s
 
 # name: (module:function, help, argument adder)
 COMMANDS = {
-    "up": ("infra.stack:cmd_up", "install-free start of every service, in order, with health checks", _services),
+    "up": ("infra.stack:cmd_up", "install-free start of every service, in order, with health checks", _up),
     "down": ("infra.stack:cmd_down", "stop every process feedloop started", _none),
     "status": ("infra.stack:cmd_status", "health of every service", _none),
     "ddl": ("infra.hive:cmd_ddl", "apply hive/ddl/*.sql (idempotent)", _none),

@@ -2,8 +2,13 @@
 
 Sources, later wins:
   1. defaults in this file (one machine, everything on 127.0.0.1);
-  2. a YAML file: ``$FEEDLOOP_CONFIG`` or ``feedloop.yaml`` in the repo root;
-  3. environment variables ``FEEDLOOP_<SECTION>__<FIELD>``, e.g.
+  2. a profile: ``infra/profiles/<name>.yaml``, named by ``$FEEDLOOP_PROFILE``, else by
+     ``profile:`` in the YAML file below, else by ``var/run/profile`` (written by
+     ``feedloop up --profile NAME``, removed by ``feedloop down``); ``single`` (no file)
+     when none names one. ``cluster`` runs every engine as a multi-member cluster
+     (docs/cluster.md);
+  3. a YAML file: ``$FEEDLOOP_CONFIG`` or ``feedloop.yaml`` in the repo root;
+  4. environment variables ``FEEDLOOP_<SECTION>__<FIELD>``, e.g.
      ``FEEDLOOP_KAFKA__BOOTSTRAP=broker1:9092,broker2:9092``.
 
 Secrets (passwords, API keys) come from the environment only; on one machine,
@@ -25,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "FEEDLOOP_"
+PROFILES_DIR = REPO_ROOT / "infra" / "profiles"
 SECRET_FIELDS = {
     ("redis", "password"),
     ("postgres", "password"),
@@ -278,6 +284,7 @@ class ModelSettings(_Section):
 
 
 class Settings(_Section):
+    profile: str = "single"  # set by the loader from the profile in force (see the module's docstring)
     bind_host: str = "127.0.0.1"
     var_dir: str = ""  # empty: <repo>/var
     jar_cache: str = ""  # empty: ~/.cache/feedloop/jars
@@ -365,6 +372,40 @@ def generate_local_secrets() -> Path:
     return directory
 
 
+def _read_yaml(path: Path) -> dict[str, Any]:
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise SettingsError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def _merge(data: dict[str, Any], source: dict[tuple[str, ...], str], loaded: dict[str, Any], where: str) -> None:
+    """Layer one YAML mapping (a profile or feedloop.yaml) over ``data``; secrets are refused."""
+    for key, value in loaded.items():
+        if isinstance(value, dict):
+            for sub, subvalue in value.items():
+                if (key, sub) in SECRET_FIELDS:
+                    raise SettingsError(f"{key}.{sub} is a secret: set {ENV_PREFIX}{key.upper()}__{sub.upper()} in the environment, not {where}")
+                data.setdefault(key, {})[sub] = subvalue
+                source[(key, sub)] = where
+        else:
+            data[key] = value
+            source[(key,)] = where
+
+
+def profile_file() -> Path:
+    """``var/run/profile``: the profile ``feedloop up --profile`` started the stack with."""
+    return Path(os.environ.get(ENV_PREFIX + "VAR_DIR") or REPO_ROOT / "var") / "run" / "profile"
+
+
+def active_profile(from_config: Any = None) -> str:
+    """The profile in force: ``$FEEDLOOP_PROFILE``, else the YAML file's, else the running stack's."""
+    named = os.environ.get(ENV_PREFIX + "PROFILE") or from_config
+    if not named and profile_file().exists():
+        named = profile_file().read_text().strip()
+    return str(named or "single")
+
+
 def _layer_sources() -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
     """Merge file, generated secrets and env into one dict; remember each value's source.
 
@@ -380,20 +421,16 @@ def _layer_sources() -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
     source: dict[tuple[str, ...], str] = {}
 
     config = Path(os.environ.get(ENV_PREFIX + "CONFIG") or REPO_ROOT / "feedloop.yaml")
-    if config.exists():
-        loaded = yaml.safe_load(config.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise SettingsError(f"{config}: expected a mapping of sections, got {type(loaded).__name__}")
-        for key, value in loaded.items():
-            if isinstance(value, dict):
-                for sub, subvalue in value.items():
-                    if (key, sub) in SECRET_FIELDS:
-                        raise SettingsError(f"{key}.{sub} is a secret: set {ENV_PREFIX}{key.upper()}__{sub.upper()} in the environment, not {config}")
-                    data.setdefault(key, {})[sub] = subvalue
-                    source[(key, sub)] = str(config)
-            else:
-                data[key] = value
-                source[(key,)] = str(config)
+    loaded = _read_yaml(config) if config.exists() else {}
+    profile = active_profile(loaded.get("profile"))
+    if profile != "single":
+        path = PROFILES_DIR / f"{profile}.yaml"
+        if not path.exists():
+            known = ", ".join(["single"] + sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+            raise SettingsError(f"unknown profile {profile!r} (known: {known})")
+        _merge(data, source, _read_yaml(path), str(path))
+    _merge(data, source, loaded, str(config))
+    data["profile"] = profile
 
     secret_dir = _secrets_dir()
     for section, field in SECRET_FIELDS:
@@ -403,7 +440,7 @@ def _layer_sources() -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
             source[(section, field)] = str(path)
 
     for name, value in os.environ.items():
-        if not name.startswith(ENV_PREFIX) or name in (ENV_PREFIX + "CONFIG",):
+        if not name.startswith(ENV_PREFIX) or name in (ENV_PREFIX + "CONFIG", ENV_PREFIX + "PROFILE"):
             continue
         parts = tuple(p.lower() for p in name[len(ENV_PREFIX):].split("__"))
         if len(parts) == 1:

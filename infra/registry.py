@@ -19,6 +19,8 @@ class Service:
     description: str = ""
     extra_ports: list[str] = field(default_factory=list)
     optional: bool = False  # started only when named (`feedloop up stream-learner`), not by a plain `up`
+    # whether the settings ask for this service at all (a cluster member: a second broker, a Spark worker)
+    enabled: Callable[[Settings], bool] = lambda settings: True
 
     def port(self, settings: Settings) -> int | None:
         return setting_value(settings, self.port_setting) if self.port_setting else None
@@ -47,4 +49,9 @@ SERVICES: list[Service] = [
 
 
 BY_NAME = {s.name: s for s in SERVICES}
+
+
+def active(settings: Settings) -> list[Service]:
+    """The services these settings ask for, in start order (the profile decides the cluster members)."""
+    return [s for s in SERVICES if s.enabled(settings)]
 

@@ -7,14 +7,14 @@ import sys
 import time
 from pathlib import Path
 
-from feedloop.settings import Settings, generate_local_secrets, get_settings
+from feedloop.settings import Settings, SettingsError, generate_local_secrets, get_settings, profile_file
 from infra.errors import ServiceError
 from infra.health import kafka_ok, postgres_ok
 from infra.hive import apply_ddl
 from infra.kafka_broker import create_topics, format_storage
 from infra.postgres_db import create_databases, init_cluster
 from infra.preflight import preflight, prepare_dirs
-from infra.registry import BY_NAME, SERVICES, Service
+from infra.registry import BY_NAME, Service, active
 from infra.supervision import process_states, start_supervisord, supervisor, supervisor_running
 
 
@@ -47,18 +47,20 @@ def up(names: list[str] | None = None, settings: Settings | None = None) -> Sett
     generate_local_secrets()
     get_settings.cache_clear()
     settings = settings or get_settings()
-    wanted = names or [s.name for s in SERVICES if not s.optional]
-    unknown = [n for n in wanted if n not in BY_NAME]
+    services = active(settings)
+    wanted = names or [s.name for s in services if not s.optional]
+    unknown = [n for n in wanted if n not in {s.name for s in services}]
     if unknown:
-        raise ServiceError(f"unknown service(s) {unknown}; known: {', '.join(BY_NAME)}")
+        hint = f" (profile {settings.profile}: {', '.join(s.name for s in services)})"
+        raise ServiceError(f"unknown service(s) {unknown}; known: {', '.join(BY_NAME)}{hint}")
     prepare_dirs(settings)
     preflight(settings, wanted)
     init_cluster(settings)
     format_storage(settings)
     start_supervisord(settings)
     rpc = supervisor(settings)
-    for wave in sorted({s.wave for s in SERVICES}):
-        batch = [s for s in SERVICES if s.wave == wave and s.name in wanted]
+    for wave in sorted({s.wave for s in services}):
+        batch = [s for s in services if s.wave == wave and s.name in wanted]
         if wave == 2:
             _after_wave1(settings)
         states = process_states(settings)
@@ -87,12 +89,32 @@ def _after_wave1(settings: Settings) -> None:
 def cmd_up(args) -> int:
     started = time.time()
     try:
+        if getattr(args, "profile", None):
+            use_profile(args.profile)
         settings = up(args.services or None)
-    except ServiceError as exc:
+    except (ServiceError, SettingsError) as exc:
         print(f"feedloop up: {exc}", file=sys.stderr)
         return 1
-    print(f"feedloop up: {len(args.services or [s for s in SERVICES if not s.optional])} services healthy in {time.time() - started:.0f}s; logs in {settings.log_dir}")
+    count = len(args.services or [s for s in active(settings) if not s.optional])
+    print(f"feedloop up: {count} services healthy in {time.time() - started:.0f}s (profile {settings.profile}); "
+          f"logs in {settings.log_dir}")
     return 0
+
+
+def use_profile(name: str) -> None:
+    """Make ``name`` the profile of this process, its services and later commands (``var/run/profile``)."""
+    os.environ["FEEDLOOP_PROFILE"] = name
+    get_settings.cache_clear()
+    settings = get_settings()  # raises SettingsError for an unknown profile
+    running = active_profile_of_stack()
+    if supervisor_running(settings) and running != name:
+        raise ServiceError(f"the stack is running with profile {running}: `feedloop down` first")
+    profile_file().parent.mkdir(parents=True, exist_ok=True)
+    profile_file().write_text(name + "\n")
+
+
+def active_profile_of_stack() -> str:
+    return profile_file().read_text().strip() if profile_file().exists() else "single"
 
 
 def down(settings: Settings | None = None) -> None:
@@ -118,6 +140,7 @@ def down(settings: Settings | None = None) -> None:
         except OSError:
             break
         time.sleep(0.2)
+    profile_file().unlink(missing_ok=True)
 
 
 def cmd_down(args) -> int:
@@ -131,7 +154,7 @@ def cmd_down(args) -> int:
 def status_rows(settings: Settings) -> list[dict]:
     states = process_states(settings)
     rows = []
-    for svc in SERVICES:
+    for svc in active(settings):
         if svc.optional and states.get(svc.name, "STOPPED") == "STOPPED":
             continue  # not asked for: not part of the stack's health
         port = svc.port(settings)

@@ -10,7 +10,7 @@ from pathlib import Path
 from feedloop.settings import REPO_ROOT, Settings
 from infra.binaries import VENV_BIN
 from infra.errors import ServiceError
-from infra.registry import SERVICES
+from infra.registry import active
 
 
 def supervisor_conf(settings: Settings) -> Path:
@@ -23,7 +23,7 @@ def supervisor_conf(settings: Settings) -> Path:
         "[rpcinterface:supervisor]", "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
         "[supervisorctl]", f"serverurl=unix://{run / 'supervisor.sock'}", "",
     ]
-    for svc in SERVICES:
+    for svc in active(settings):
         conf += [
             f"[program:{svc.name}]",
             f"command={VENV_BIN / 'feedloop'} supervise {svc.name}",

@@ -63,3 +63,29 @@ def test_generated_secrets_are_read_and_env_wins(isolated, monkeypatch):
     assert len(generated) >= 16
     monkeypatch.setenv("FEEDLOOP_REDIS__PASSWORD", "from-env")
     assert load_settings().redis.password == "from-env"
+
+
+def test_a_profile_layers_under_the_yaml_file_and_env(isolated, monkeypatch):
+    from feedloop import settings as mod
+
+    profiles = isolated / "profiles"
+    profiles.mkdir()
+    (profiles / "wide.yaml").write_text("spark:\n  shuffle_partitions: 16\n  driver_memory: 3g\n")
+    monkeypatch.setattr(mod, "PROFILES_DIR", profiles)
+    (isolated / "feedloop.yaml").write_text("profile: wide\nspark:\n  driver_memory: 2g\n")
+    s = load_settings()
+    assert (s.profile, s.spark.shuffle_partitions, s.spark.driver_memory) == ("wide", 16, "2g")
+    monkeypatch.setenv("FEEDLOOP_PROFILE", "single")
+    s = load_settings()
+    assert (s.profile, s.spark.shuffle_partitions) == ("single", 4)
+
+
+def test_the_running_stacks_profile_is_remembered_and_an_unknown_one_is_named(isolated, monkeypatch):
+    from feedloop.settings import profile_file
+
+    profile_file().parent.mkdir(parents=True)
+    profile_file().write_text("cluster\n")
+    assert load_settings().profile == "cluster"
+    monkeypatch.setenv("FEEDLOOP_PROFILE", "galaxy")
+    with pytest.raises(SettingsError, match="unknown profile 'galaxy'.*cluster"):
+        load_settings()
