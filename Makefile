@@ -25,15 +25,19 @@ status: ## health of every service
 demo: install ## install, start everything, run the walking skeleton once, print where to look
 	@$(FEEDLOOP) demo $(ARGS)
 
-test: install ## install, then unit tests and integration tests against real services
+test: install ## install, then unit tests, integration tests, then the cluster profile's tests, against real services
 	@$(PYTEST) tests/unit -q
 	@$(PYTEST) tests/integration -q
+	@$(PYTEST) tests/cluster -q
 
 test-unit: install ## unit tests only (no services)
 	@$(PYTEST) tests/unit -q
 
 test-integration: install ## integration tests only (starts and stops the services)
 	@$(PYTEST) tests/integration -q
+
+test-cluster: install ## the cluster profile's tests only (starts and stops a cluster stack; docs/cluster.md)
+	@$(PYTEST) tests/cluster -q
 
 ddl: ## apply hive/ddl/*.sql (idempotent)
 	@$(FEEDLOOP) ddl

@@ -22,58 +22,67 @@ import redis
 
 REPO = Path(__file__).resolve().parents[2]
 PORT_SHIFT = 20000
-TEST_ENV = {
-    "FEEDLOOP_VAR_DIR": str(REPO / "var" / "test"),
-    "FEEDLOOP_KAFKA__PORT": str(9092 + PORT_SHIFT),
-    "FEEDLOOP_KAFKA__CONTROLLER_PORT": str(9093 + PORT_SHIFT),
-    "FEEDLOOP_KAFKA__BOOTSTRAP": f"127.0.0.1:{9092 + PORT_SHIFT}",
-    "FEEDLOOP_HIVE__METASTORE_PORT": str(9083 + PORT_SHIFT),
-    "FEEDLOOP_HIVE__METASTORE_URI": f"thrift://127.0.0.1:{9083 + PORT_SHIFT}",
-    "FEEDLOOP_HIVE__HS2_PORT": str(10000 + PORT_SHIFT),
-    "FEEDLOOP_SPARK__UI_PORT": str(4040 + PORT_SHIFT),
-    "FEEDLOOP_REDIS__PORT": str(6379 + PORT_SHIFT),
-    "FEEDLOOP_POSTGRES__PORT": str(5432 + PORT_SHIFT),
-    "FEEDLOOP_MLFLOW__PORT": str(5000 + PORT_SHIFT),
-    "FEEDLOOP_AIRFLOW__PORT": str(8080 + PORT_SHIFT),
-    "FEEDLOOP_API__PORT": str(8000 + PORT_SHIFT),
-    "FEEDLOOP_DASHBOARD__PORT": str(8050 + PORT_SHIFT),
-    # the test stack's deployment override: a shorter search (the shipped 8 trials cost minutes per retrain)
-    "FEEDLOOP_MODEL__TUNE_TRIALS": "3",
+# every port setting of a stack, at its default; a test stack moves them all by one shift
+BASE_PORTS = {
+    "KAFKA__PORT": 9092, "KAFKA__CONTROLLER_PORT": 9093, "HIVE__METASTORE_PORT": 9083, "HIVE__HS2_PORT": 10000,
+    "SPARK__UI_PORT": 4040, "REDIS__PORT": 6379, "POSTGRES__PORT": 5432, "MLFLOW__PORT": 5000,
+    "AIRFLOW__PORT": 8080, "API__PORT": 8000, "DASHBOARD__PORT": 8050,
 }
+
+
+def stack_env(var_dir: Path, shift: int) -> dict[str, str]:
+    """The environment of a test stack: its own var dir, every port moved by ``shift``."""
+    env = {"FEEDLOOP_VAR_DIR": str(var_dir)}
+    env.update({f"FEEDLOOP_{name}": str(port + shift) for name, port in BASE_PORTS.items()})
+    env["FEEDLOOP_KAFKA__BOOTSTRAP"] = f"127.0.0.1:{9092 + shift}"
+    env["FEEDLOOP_HIVE__METASTORE_URI"] = f"thrift://127.0.0.1:{9083 + shift}"
+    # the test stack's deployment override: a shorter search (the shipped 8 trials cost minutes per retrain)
+    env["FEEDLOOP_MODEL__TUNE_TRIALS"] = "3"
+    return env
+
+
+TEST_ENV = stack_env(REPO / "var" / "test", PORT_SHIFT)
 os.environ.update(TEST_ENV)
 
 
 def leftovers(settings) -> list[str]:
     """What of the test stack still runs: processes naming its var dir, ports still listening."""
     from infra.health import port_open
-    from infra.registry import SERVICES
+    from infra.registry import active
 
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     procs = [line.strip() for line in out.splitlines() if str(settings.var) in line and "pytest" not in line]
-    ports = [f"{s.name}:{s.port(settings)}" for s in SERVICES if s.port(settings) and port_open(settings.bind_host, s.port(settings))]
+    ports = [f"{s.name}:{s.port(settings)}" for s in active(settings)
+             if s.port(settings) and port_open(settings.bind_host, s.port(settings))]
     return procs + ports
 
 
-@pytest.fixture(scope="session")
-def settings():
-    """Settings of the test stack, after `feedloop up` brought every service up."""
+def running_stack(label: str):
+    """Bring the stack of this process's environment up; yield its settings; stop it and check nothing is left."""
     from feedloop.settings import get_settings
     from infra.stack import down, up
 
     started = time.time()
+    get_settings.cache_clear()
     try:
         up()
     except Exception:
         down(get_settings())
         raise
     get_settings.cache_clear()
-    print(f"\n[integration] stack up in {time.time() - started:.0f}s", file=sys.stderr)
+    print(f"\n[{label}] stack up in {time.time() - started:.0f}s (profile {get_settings().profile})", file=sys.stderr)
     yield get_settings()
     if os.environ.get("KEEP_TEST_STACK"):  # faster iteration: `up` reuses a running stack
         return
     down(get_settings())
     left = leftovers(get_settings())
     assert not left, f"`feedloop down` left these running: {left}"
+
+
+@pytest.fixture(scope="session")
+def settings():
+    """Settings of the test stack, after `feedloop up` brought every service up."""
+    yield from running_stack("integration")
 
 
 @pytest.fixture(scope="session")
