@@ -15,7 +15,7 @@ import pytest
 
 from tests.integration import conftest as integration
 
-PORT_SHIFT = 25000
+PORT_SHIFT = 14000  # below the ephemeral port range (32768+), clear of the dev, test (+20000) and bench (+10000) stacks
 CLUSTER_ENV = {**integration.stack_env(integration.REPO / "var" / "test-cluster", PORT_SHIFT),
                "FEEDLOOP_PROFILE": "cluster"}
 os.environ.update(CLUSTER_ENV)  # after the integration conftest's import, which set its own stack's
