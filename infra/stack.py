@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -25,7 +26,26 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log yet)"
 
 
-def _wait_healthy(settings: Settings, services: list[Service]) -> None:
+def _times_file(settings: Settings) -> Path:
+    return settings.var / "run" / "up-times.json"
+
+
+def last_times(settings: Settings) -> dict[str, float]:
+    """Seconds each service took to become healthy the last time `up` started it (the ETA's basis)."""
+    try:
+        return {k: float(v) for k, v in json.loads(_times_file(settings).read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def wave_eta(times: dict[str, float], waves: list[list[Service]]) -> float | None:
+    """Expected seconds for these waves (each as long as its slowest member last time); None if one is new."""
+    if any(s.name not in times for wave in waves for s in wave):
+        return None
+    return sum(max((times[s.name] for s in wave), default=0.0) for wave in waves)
+
+
+def _wait_healthy(settings: Settings, services: list[Service], times: dict[str, float] | None = None) -> None:
     pending = {s.name: s for s in services}
     started = time.time()
     while pending:
@@ -33,6 +53,8 @@ def _wait_healthy(settings: Settings, services: list[Service]) -> None:
             if svc.health(settings):
                 print(f"  {name:<22} up   ({time.time() - started:5.1f}s)", flush=True)
                 del pending[name]
+                if times is not None:
+                    times[name] = round(time.time() - started, 1)
                 continue
             info = supervisor(settings).getProcessInfo(name)
             if info["statename"] in ("FATAL", "EXITED") or time.time() - started > svc.start_timeout_s:
@@ -59,8 +81,15 @@ def up(names: list[str] | None = None, settings: Settings | None = None) -> Sett
     format_storage(settings)
     start_supervisord(settings)
     rpc = supervisor(settings)
-    for wave in sorted({s.wave for s in services}):
-        batch = [s for s in services if s.wave == wave and s.name in wanted]
+    times, running = last_times(settings), process_states(settings)
+    numbers = sorted({s.wave for s in services})
+    waves = [[s for s in services if s.wave == w and s.name in wanted] for w in numbers]
+    starting = [[s for s in batch if running.get(s.name) != "RUNNING"] for batch in waves]
+    for n, (wave, batch) in enumerate(zip(numbers, waves)):
+        if starting[n]:
+            eta = wave_eta(times, starting[n:])
+            print(f"  wave {wave}/{numbers[-1]}: starting {', '.join(s.name for s in starting[n])}"
+                  + (f"; ETA {eta:.0f}s for the rest (the last start's times)" if eta is not None else ""), flush=True)
         if wave == 2:
             _after_wave1(settings)
         states = process_states(settings)
@@ -72,7 +101,8 @@ def up(names: list[str] | None = None, settings: Settings | None = None) -> Sett
         for svc in batch:
             if states.get(svc.name) != "RUNNING":
                 rpc.startProcess(svc.name, False)
-        _wait_healthy(settings, batch)
+        _wait_healthy(settings, batch, times)
+        _times_file(settings).write_text(json.dumps(times, indent=1, sort_keys=True))
         if wave == 2 and "thriftserver" in wanted:
             apply_ddl(settings)
     return settings

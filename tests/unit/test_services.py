@@ -227,3 +227,14 @@ def test_batch_jobs_wait_a_bounded_while_for_the_metastore_and_the_thrift_server
     assert conf["spark.hadoop.hive.metastore.client.connect.retry.delay"] == "5s"  # 2 min, then a clear failure
     args = commands.spark_submit_conf(settings, "feedloop-thriftserver", 4041)
     assert "spark.hadoop.hive.metastore.connect.retries=3" in args
+
+
+def test_up_estimates_the_rest_from_the_last_start_and_only_when_every_service_was_timed():
+    from infra.registry import BY_NAME
+    from infra.stack import wave_eta
+
+    waves = [[BY_NAME["redis"], BY_NAME["kafka"]], [BY_NAME["thriftserver"]], []]
+    times = {"redis": 1.5, "kafka": 12.0, "thriftserver": 40.0}
+    assert wave_eta(times, waves) == 52.0  # each wave as long as its slowest member
+    assert wave_eta(times, waves[1:]) == 40.0
+    assert wave_eta({"redis": 1.5}, waves) is None  # a service never timed: no ETA rather than a wrong one
