@@ -27,17 +27,17 @@ demo: install ## install, start everything, run the walking skeleton once, print
 
 test: install ## install, then unit tests, integration tests, then the cluster profile's tests, against real services
 	@$(PYTEST) tests/unit -q
-	@$(PYTEST) tests/integration -q
-	@$(PYTEST) tests/cluster -q
+	@$(PYTEST) tests/integration -q --durations=15
+	@$(PYTEST) tests/cluster -q --durations=10
 
 test-unit: install ## unit tests only (no services)
 	@$(PYTEST) tests/unit -q
 
 test-integration: install ## integration tests only (starts and stops the services)
-	@$(PYTEST) tests/integration -q
+	@$(PYTEST) tests/integration -q --durations=15
 
 test-cluster: install ## the cluster profile's tests only (starts and stops a cluster stack; docs/cluster.md)
-	@$(PYTEST) tests/cluster -q
+	@$(PYTEST) tests/cluster -q --durations=10
 
 ddl: ## apply hive/ddl/*.sql (idempotent)
 	@$(FEEDLOOP) ddl
