@@ -174,7 +174,8 @@ def measure_api(apps: dict, items, n_queries: int, seed: int) -> dict:
     errors = {name: 0 for name in apps}
     for item in rng.sample(items, n_queries):
         for kind, query in queries(item, rng).items():
-            counts[kind] += kind != "broad"
+            if kind != "broad":
+                counts[kind] += 1
             for name, api in apps.items():
                 started = time.perf_counter()
                 response = api.get("/v1/items", params={"q": query, "limit": TOP})

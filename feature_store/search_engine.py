@@ -86,7 +86,15 @@ def publish(url: str, prefix: str, version: str, docs: list[Mapping[str, Any]], 
                 failed = next(i for i in body["items"] if i["index"].get("error"))
                 raise RuntimeError(f"indexing into {index}: {failed['index']['_id']}: {failed['index']['error']}")
         http.post(f"/{index}/_refresh").raise_for_status()
+        # one search before the API's first (which has search.timeout_s, 0.5 s): the first on a new index
+        # loads its category ordinals and, on a fresh node, compiles the query code, ~1 s on a busy machine
+        http.post(f"/{index}/_search", json=_warm_up(docs[0]["title"] if docs else "")).raise_for_status()
     return index
+
+
+def _warm_up(text: str) -> dict[str, Any]:
+    return {"size": 1, "query": {"multi_match": {"query": text, "fields": ["title", "keywords"], "fuzziness": 1}},
+            "aggs": {"category": {"terms": {"field": "category"}}}}
 
 
 def indexed_versions(url: str, prefix: str, timeout_s: float = 30.0) -> list[str]:

@@ -23,6 +23,7 @@ from feature_store import catalogue as catalogue_store
 from feature_store import search_engine
 from feedloop.settings import load_settings
 from serving.app import create_app
+from serving.pages import encode_cursor
 
 pytestmark = pytest.mark.integration
 
@@ -155,6 +156,10 @@ def test_a_catalogue_publication_during_a_search_burst_never_yields_a_mixed_page
             assert body["items"] == [] or all(not i.startswith(tuple(versions)) for i in _ids(body))
     writer.join()
     assert len(seen) >= 2, f"only {seen} seen over {pages} pages: the test did not see a publication"
+    # the deepest page the API serves (OpenSearch refuses from + size past the index's max_result_window)
+    deep = api.get("/v1/items", params={"q": "widget", "limit": 100,
+                                        "cursor": encode_cursor(f"items@{versions[-1]}", 10_000)})
+    assert deep.status_code == 200 and deep.json()["items"] == [] and deep.json()["total"] == 2000, deep.text
     # every replaced version keeps its index while Redis keeps it (its grace); once expired there, the next
     # publication drops its index
     held = search_engine.indexed_versions(node.url, PREFIX)
