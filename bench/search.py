@@ -216,7 +216,8 @@ def main_api(args) -> int:
                 log(f"repeat {n + 1}: {run}")
             result = {
                 "backends": {name: {"top5": {k: statistics.median(r[name]["top5"][k] for r in runs) for k in KINDS},
-                                    **{p: statistics.median(r[name][p] for r in runs) for p in ("p50_ms", "p99_ms")},
+                                    **{p: round(statistics.median(r[name][p] for r in runs), 3)
+                                       for p in ("p50_ms", "p99_ms")},
                                     "errors": sum(r[name]["errors"] for r in runs)} for name in runs[0]},
                 "opensearch_start_s": round(node.start_s, 1), "opensearch_rss_mb_idle": rss_idle,
                 "opensearch_rss_mb": node.rss_mb(), "opensearch_index_s": round(index_s, 2),
