@@ -191,6 +191,9 @@ def test_opensearch_down_gives_a_fast_503_and_search_comes_back(node, private):
         started = time.monotonic()
         response = dead.get("/v1/items", params={"q": "alpha"})
         assert response.status_code == 503 and time.monotonic() - started < 1.0, response.text
-    with pytest.raises(httpx.HTTPError):  # publication cannot go on without the cluster either
+    with pytest.raises(httpx.HTTPError):  # publication cannot go on without the cluster either ...
         search_engine.write_indexed_catalogue(client, [_row("b1", "comedy")], f"http://127.0.0.1:{free_port()}",
-                                              PREFIX, log=lambda m: None)
+                                              PREFIX, version="9" * 13, log=lambda m: None)
+    # ... and leaves nothing behind: the version never became current, and its keys are gone
+    assert client.get(catalogue_store.pointer_key()) == version
+    assert not client.keys("*9999999999999*")
