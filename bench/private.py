@@ -98,3 +98,62 @@ class PrivateRedis:
     def resume(self) -> None:
         os.kill(self.proc.pid, signal.SIGCONT)
 
+
+class PrivateOpenSearch:
+    """A throwaway single-node OpenSearch (infra/opensearch) on free ports, its state in ``workdir``;
+    can be paused and resumed. ``start`` returns once /_cluster/health answers green or yellow."""
+
+    def __init__(self, workdir: Path, heap: str = "512m") -> None:
+        from feedloop.settings import load_settings
+        from infra.opensearch_node import opensearch_command
+
+        self.port = free_port()
+        self.workdir = workdir
+        settings = load_settings()
+        settings = settings.model_copy(update={"search": settings.search.model_copy(update={"heap": heap})})
+        self.argv = opensearch_command(settings, workdir / "node", self.port, free_port())
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.child: Private | None = None
+        self.start_s: float | None = None
+
+    def start(self, wait: bool = True, timeout_s: float = 120.0) -> "PrivateOpenSearch":
+        self.started_at = time.monotonic()
+        self.child = Private(self.argv, log_path=self.workdir / "opensearch.log")
+        if wait:
+            self.wait(timeout_s)
+        return self
+
+    def wait(self, timeout_s: float = 120.0) -> None:
+        from infra.opensearch_node import cluster_healthy
+
+        deadline = self.started_at + timeout_s
+        while not cluster_healthy(self.url, timeout_s=1.0):
+            if self.child.proc.poll() is not None or time.monotonic() > deadline:
+                tail = (self.workdir / "opensearch.log").read_text(errors="replace")[-3000:]
+                self.stop()
+                raise RuntimeError(f"private OpenSearch did not start (exit {self.child.proc.poll()}):\n{tail}")
+            time.sleep(0.2)
+        self.start_s = time.monotonic() - self.started_at
+
+    def rss_mb(self) -> float:
+        """The node's resident memory (the java process, the group's leader)."""
+        with open(f"/proc/{self.child.proc.pid}/status") as status:
+            kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+        return round(kb / 1024, 1)
+
+    def pause(self) -> None:
+        os.killpg(self.child.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.child.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.resume()  # in case a test left it stopped
+            self.child.stop()
+
+    def __enter__(self) -> "PrivateOpenSearch":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

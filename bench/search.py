@@ -20,6 +20,14 @@ price order, over a private redis-server), the baseline. Each repeat draws other
 per query (uncached) is reported by kind.
 
 The last line printed is one JSON object.
+
+``--backend opensearch`` measures the API instead, both backends in one run: a private
+OpenSearch node (``bench.private.PrivateOpenSearch``, the project's launcher) and a private
+redis-server, the catalogue published as ``models.publish`` does (indexed in the node before
+the pointer moves), the same queries through ``GET /v1/items?limit=5`` of an in-process app
+(FastAPI's TestClient: the same app code, no HTTP server) with ``search.backend: embedded``
+and with ``opensearch``: top-5 rates and latencies per backend, the node's start time and
+RSS, the indexing time.
 """
 
 from __future__ import annotations
@@ -140,12 +148,100 @@ def _median(runs: list[dict], engine: str, kind: str) -> float:
     return statistics.median(r["top5"][engine][kind] for r in runs)
 
 
+def api_apps(settings, redis_port: int, url: str):
+    """TestClients of the app over the private redis-server: (embedded, opensearch)."""
+    import warnings
+
+    from serving.app import create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # starlette asks for httpx2; httpx works
+        from fastapi.testclient import TestClient
+    redis_settings = settings.redis.model_copy(update={"port": redis_port, "password": ""})
+    out = []
+    for backend in ("embedded", "opensearch"):
+        search = settings.search.model_copy(update={"backend": backend, "url": url})
+        out.append(TestClient(create_app(settings.model_copy(update={"redis": redis_settings, "search": search}))))
+    return out
+
+
+def measure_api(apps: dict, items, n_queries: int, seed: int) -> dict:
+    """The queries of :func:`measure` through ``GET /v1/items`` of each app: top-5 rate and latency."""
+    rng = random.Random(seed)
+    hits = {name: {k: 0 for k in KINDS} for name in apps}
+    counts = {k: 0 for k in KINDS}
+    latencies: dict[str, list[float]] = {name: [] for name in apps}
+    errors = {name: 0 for name in apps}
+    for item in rng.sample(items, n_queries):
+        for kind, query in queries(item, rng).items():
+            if kind != "broad":
+                counts[kind] += 1
+            for name, api in apps.items():
+                started = time.perf_counter()
+                response = api.get("/v1/items", params={"q": query, "limit": TOP})
+                latencies[name].append(time.perf_counter() - started)
+                if response.status_code != 200:
+                    errors[name] += 1
+                elif kind != "broad":
+                    hits[name][kind] += item.item_id in [d["item_id"] for d in response.json()["items"]]
+    return {name: {"top5": {k: round(n / counts[k], 4) for k, n in hits[name].items() if counts[k]},
+                   "p50_ms": _pct(latencies[name], 0.5), "p99_ms": _pct(latencies[name], 0.99),
+                   "errors": errors[name]} for name in apps}
+
+
+def main_api(args) -> int:
+    """``--backend opensearch``: both backends through the API, one JSON line."""
+    from bench.private import PrivateOpenSearch
+    from feature_store.search_engine import write_indexed_catalogue
+    from feedloop.settings import load_settings
+
+    load_before = os.getloadavg()[0]
+    _, items = make_catalogue(0, args.items, SEED)
+    with tempfile.TemporaryDirectory(prefix="feedloop-bench-search-") as tmp:
+        node = PrivateOpenSearch(Path(tmp)).start()
+        log(f"OpenSearch node up in {node.start_s:.1f}s, RSS {node.rss_mb()} MB")
+        rss_idle = node.rss_mb()
+        server = PrivateRedis(Path(tmp))
+        client = server.start()
+        try:
+            started = time.perf_counter()
+            write_indexed_catalogue(client, [vars(i) for i in items], node.url, "feedloop-catalogue", log=log)
+            index_s = time.perf_counter() - started
+            embedded, remote = api_apps(load_settings(), server.port, node.url)
+            with embedded, remote:
+                embedded.get("/v1/items", params={"limit": 1})  # builds the worker's embedded index
+                runs = [measure_api({"embedded": embedded, "opensearch": remote}, items, args.queries, SEED + r)
+                        for r in range(args.repeats)]
+            for n, run in enumerate(runs):
+                log(f"repeat {n + 1}: {run}")
+            result = {
+                "backends": {name: {"top5": {k: statistics.median(r[name]["top5"][k] for r in runs) for k in KINDS},
+                                    **{p: round(statistics.median(r[name][p] for r in runs), 3)
+                                       for p in ("p50_ms", "p99_ms")},
+                                    "errors": sum(r[name]["errors"] for r in runs)} for name in runs[0]},
+                "opensearch_start_s": round(node.start_s, 1), "opensearch_rss_mb_idle": rss_idle,
+                "opensearch_rss_mb": node.rss_mb(), "opensearch_index_s": round(index_s, 2),
+                "items": args.items, "queries_per_repeat": args.queries, "repeats": args.repeats,
+                "through": "GET /v1/items?limit=5, in-process TestClient (no HTTP server), one request at a time",
+                "loadavg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            }
+        finally:
+            server.stop()
+            node.stop()
+    print(json.dumps(result), flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=100_000, help="catalogue size (default 100,000)")
     parser.add_argument("--queries", type=int, default=300, help="items queried per repeat (default 300)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backend", choices=("embedded", "opensearch"), default="embedded",
+                        help="opensearch: both backends through the API, with a private OpenSearch node")
     args = parser.parse_args(argv)
+    if args.backend == "opensearch":
+        return main_api(args)
     load_before = os.getloadavg()[0]
     _, items = make_catalogue(0, args.items, SEED)
     rows = [vars(i) for i in items]

@@ -122,7 +122,11 @@ def write_catalogue(client: redis.Redis, items: Iterable[Mapping[str, Any]], ver
     if categories:
         client.sadd(categories_key(new), *categories)
     if before_flip is not None:
-        before_flip(new, docs)
+        try:
+            before_flip(new, docs)
+        except BaseException:  # never current: nothing would ever expire its keys
+            _expire_version(client, new, 0)
+            raise
     (replaced,) = raise_pointers(client, [pointer_key()], new)
     replaced = replaced.decode() if isinstance(replaced, bytes) else replaced
     if replaced and int(replaced) >= int(new):  # another writer got there first

@@ -200,13 +200,25 @@ class ApiSettings(_Section):
 class SearchSettings(_Section):
     # Catalogue search (GET /v1/items). "embedded": each API worker's in-memory SQLite FTS5 index
     # (serving/search_index.py), nothing to run. "opensearch": an OpenSearch (or Elasticsearch 8)
-    # cluster at url; publication indexes each catalogue version as <index_prefix>-<version>
-    # (feature_store/search_engine.py) and the API queries the version it serves. Not run against
-    # a live cluster in this repository's tests (docs/serving.md).
+    # cluster; publication indexes each catalogue version as <index_prefix>-<version>
+    # (feature_store/search_engine.py) and the API queries the version it serves. With url empty
+    # the stack runs a single-node OpenSearch of its own (service `opensearch`, state in
+    # var/opensearch) on port; a url names a real cluster instead, and nothing is started.
     backend: Literal["embedded", "opensearch"] = "embedded"
-    url: str = "http://127.0.0.1:9200"
+    url: str = ""
+    port: int = 9200
+    transport_port: int = 9300  # the node's own transport (single node: nothing joins it)
+    heap: str = "512m"
     index_prefix: str = "feedloop-catalogue"
     timeout_s: float = 0.5
+
+    _ports = field_validator("port", "transport_port")(_check_port)
+
+    @property
+    def endpoint(self) -> str:
+        """The cluster's base URL: ``url``, or the stack's own node."""
+        return self.url.rstrip("/") if self.url else f"http://127.0.0.1:{self.port}"
+
 
 class DashboardSettings(_Section):
     port: int = 8050

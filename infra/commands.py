@@ -54,6 +54,10 @@ def service_command(settings: Settings, name: str) -> tuple[list[str], dict[str,
         argv = [shutil.which("redis-server") or "/usr/bin/redis-server", str(redis_conf(settings))]
     elif name == "kafka":
         argv = kafka_java(settings, settings.kafka.heap) + ["kafka.Kafka", str(kafka_config(settings))]
+    elif name == "opensearch":
+        from infra.opensearch_node import service_argv
+
+        argv = service_argv(settings)
     elif name == "metastore":
         conf_dir = write_hive_site(settings)
         java = java_bin()

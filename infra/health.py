@@ -53,6 +53,12 @@ def postgres_ok(settings: Settings) -> bool:
         return False
 
 
+def opensearch_ok(settings: Settings) -> bool:
+    from infra.opensearch_node import cluster_healthy
+
+    return cluster_healthy(settings.search.endpoint)
+
+
 def tcp(setting: str) -> Callable[[Settings], bool]:
     def check(settings: Settings) -> bool:
         return port_open(settings.bind_host, setting_value(settings, setting))

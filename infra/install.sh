@@ -56,6 +56,17 @@ if ! ls "$JARS"/spark-kafka/spark-sql-kafka-*.jar >/dev/null 2>&1; then
       -DoutputDirectory="$JARS/spark-kafka" -DincludeScope=runtime \
       -DincludeArtifactIds=spark-sql-kafka-0-10_2.13,spark-token-provider-kafka-0-10_2.13,kafka-clients,commons-pool2
 fi
+# The single-node OpenSearch of search.backend: opensearch (infra/opensearch): always resolved, because
+# `make test` runs it (tests/integration/test_search_opensearch.py); 45 MB, ~15 s the first time.
+# Re-resolved into a clean directory when infra/pom.xml changes (two versions of a jar must not mix).
+os_stamp="$JARS/opensearch/.resolved-$(sha256sum infra/pom.xml | cut -c1-16)"
+if [ ! -f "$os_stamp" ]; then
+  say "resolving OpenSearch's jars from Maven Central into $JARS/opensearch"
+  rm -rf "$JARS/opensearch"
+  mvn -q -B -f infra/pom.xml -P opensearch dependency:copy-dependencies \
+      -DoutputDirectory="$JARS/opensearch" -DincludeScope=runtime
+  touch "$os_stamp"
+fi
 # HiveServer2's password provider (CUSTOM auth), compiled against pyspark's own
 # spark-hive-thriftserver jar; rebuilt when its source or the venv changes.
 auth_stamp="$JARS/hive-auth/.built-$(cat infra/hive-auth/pom.xml infra/hive-auth/src/main/java/io/feedloop/hive/*.java requirements.lock | sha256sum | cut -c1-16)"

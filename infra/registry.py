@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from feedloop.settings import Settings
-from infra.health import http, kafka_ok, postgres_ok, redis_ok, running, setting_value, streaming, tcp
+from infra.health import http, kafka_ok, opensearch_ok, postgres_ok, redis_ok, running, setting_value, streaming, tcp
 
 @dataclass
 class Service:
@@ -33,6 +33,9 @@ SERVICES: list[Service] = [
     Service("postgres", "postgres.port", 1, postgres_ok, 60, "metadata DB for Airflow and MLflow"),
     Service("redis", "redis.port", 1, redis_ok, 30, "online store: feeds, trending, user state"),
     Service("kafka", "kafka.port", 1, kafka_ok, 120, "event bus (KRaft, single node)", ["kafka.controller_port"]),
+    # only with search.backend: opensearch and no search.url of a real cluster
+    Service("opensearch", "search.port", 1, opensearch_ok, 180, "catalogue search (single-node OpenSearch)",
+            ["search.transport_port"], enabled=lambda s: s.search.backend == "opensearch" and not s.search.url),
     Service("metastore", "hive.metastore_port", 1, tcp("hive.metastore_port"), 180, "Hive Metastore (Derby behind it)"),
     Service("thriftserver", "hive.hs2_port", 2, tcp("hive.hs2_port"), 240, "Spark Thrift Server: HiveServer2 protocol"),
     Service("mlflow", "mlflow.port", 2, http("mlflow.port", "/health"), 120, "MLflow tracking server and registry"),

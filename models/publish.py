@@ -239,20 +239,15 @@ def publish_catalogue(client: redis.Redis, items: pd.DataFrame, settings: Settin
     """The catalogue as a new version in Redis (GET /v1/items, the filtered feeds), and with
     ``search.backend: opensearch`` in the cluster too, before the version becomes current."""
     from feature_store import search_engine
-    from feature_store.catalogue import pointer_key, write_catalogue
+    from feature_store.catalogue import write_catalogue
 
     search = settings.search
-
-    def index_remotely(version: str, docs: list) -> None:
-        log(f"indexed the catalogue in {search_engine.publish(search.url, search.index_prefix, version, docs)}")
-
-    fill = index_remotely if search.backend == "opensearch" else None
-    previous = client.get(pointer_key())
-    version = write_catalogue(client, items.to_dict("records"), before_flip=fill)
+    if search.backend == "opensearch":
+        version = search_engine.write_indexed_catalogue(client, items.to_dict("records"), search.endpoint,
+                                                        search.index_prefix, log=log)
+    else:
+        version = write_catalogue(client, items.to_dict("records"))
     log(f"wrote the catalogue of {len(items):,} items, version {version} (GET /v1/items)")
-    if fill is not None:
-        keep = [version] + ([previous.decode() if isinstance(previous, bytes) else previous] if previous else [])
-        search_engine.drop_old(search.url, search.index_prefix, keep)
     return version
 
 

@@ -82,7 +82,7 @@ def create_app(settings=None, *, served_log: ServedLog | None = None, redis_clie
         served=served,
         metrics=Metrics(),
         catalogues=Catalogues(freeze_gc=True),
-        search_http=(httpx.AsyncClient(base_url=settings.search.url, timeout=settings.search.timeout_s)
+        search_http=(httpx.AsyncClient(base_url=settings.search.endpoint, timeout=settings.search.timeout_s)
                      if settings.search.backend == "opensearch" else None),
     )
     served.count_to(svc.metrics)

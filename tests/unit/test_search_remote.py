@@ -1,4 +1,5 @@
-"""The OpenSearch backend's request and answer shapes (pure; no cluster runs in these tests)."""
+"""The OpenSearch backend's request and answer shapes (pure; tests/integration/test_search_opensearch.py runs
+them against a real node)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ from feature_store.search_engine import bulk_lines, index_name, index_settings
 from serving.search_remote import hits_from, search_body
 
 
-def test_a_text_search_asks_for_typos_prefixes_and_every_word_title_first():
-    body = search_body("epic comdy", [], None, None, None, 20, 40, False)
-    match = body["query"]["bool"]["must"][0]["multi_match"]
-    assert match == {"query": "epic comdy", "type": "bool_prefix", "fields": ["title^4", "keywords"],
-                     "fuzziness": "AUTO", "operator": "and"}
+def test_a_text_search_asks_every_word_in_either_field_with_one_typo_and_a_prefix_of_the_last():
+    body = search_body("Epic comdy 981", [], None, None, None, 20, 40, False)
+    epic, comdy, number = body["query"]["bool"]["must"][0]["bool"]["must"]
+    assert epic == {"multi_match": {"query": "epic", "fields": ["title^4", "keywords"], "fuzziness": "AUTO:3,100"}}
+    assert comdy["multi_match"]["fuzziness"] == "AUTO:3,100"
+    # the last word: exactly (numbers are never corrected) or as the beginning of a word, in either field
+    assert number["bool"]["should"] == [
+        {"multi_match": {"query": "981", "fields": ["title^4", "keywords"], "fuzziness": "0"}},
+        {"prefix": {"title": {"value": "981", "boost": 4.0}}}, {"prefix": {"keywords": "981"}}]
+    assert number["bool"]["minimum_should_match"] == 1
     assert body["from"] == 40 and body["size"] == 20 and body["sort"][0] == "_score"
     assert "aggs" not in body and "post_filter" not in body
 
@@ -42,5 +48,5 @@ def test_each_catalogue_version_is_its_own_index():
     lines = bulk_lines("x-1", [{"item_id": "i1", "title": "T", "category": "Comedy", "price": None,
                                 "keywords": [], "created_at": None}]).splitlines()
     assert orjson.loads(lines[0]) == {"index": {"_index": "x-1", "_id": "i1"}}
-    assert orjson.loads(lines[1])["category"] == "comedy"
-    assert index_settings()["mappings"]["properties"]["category"] == {"type": "keyword"}
+    assert orjson.loads(lines[1])["category"] == "Comedy"  # answered as stored; the index lower-cases it
+    assert index_settings()["mappings"]["properties"]["category"] == {"type": "keyword", "normalizer": "lower"}

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from feedloop.settings import load_settings, mlflow_client_env
-from infra import binaries, commands, hive, mlflow_auth
+from infra import binaries, commands, hive, mlflow_auth, opensearch_node
 from infra.airflow_env import airflow_commands
 from infra.errors import ServiceError
 from infra.preflight import preflight
-from infra.registry import SERVICES
+from infra.registry import BY_NAME, SERVICES, active
 
 
 def test_port_in_use_is_named_with_the_setting(monkeypatch, tmp_path):
@@ -41,7 +41,7 @@ def test_every_service_has_a_command(monkeypatch, tmp_path):
     monkeypatch.setenv("FEEDLOOP_HIVE__ANALYST_PASSWORD", "analyst-password")
     settings = load_settings()
     for svc in SERVICES:
-        if svc.name.startswith("airflow-") or svc.name == "kafka":
+        if svc.name.startswith("airflow-") or svc.name in ("kafka", "opensearch"):
             continue  # need generated Airflow config / resolved jars; covered by integration tests
         argv, env, _ = commands.service_command(settings, svc.name)
         assert argv and argv[0]
@@ -238,3 +238,28 @@ def test_up_estimates_the_rest_from_the_last_start_and_only_when_every_service_w
     assert wave_eta(times, waves) == 52.0  # each wave as long as its slowest member
     assert wave_eta(times, waves[1:]) == 40.0
     assert wave_eta({"redis": 1.5}, waves) is None  # a service never timed: no ETA rather than a wrong one
+
+
+def test_opensearch_runs_only_for_its_backend_without_a_cluster_url(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
+    assert BY_NAME["opensearch"] not in active(load_settings())
+    monkeypatch.setenv("FEEDLOOP_SEARCH__BACKEND", "opensearch")
+    settings = load_settings()
+    assert BY_NAME["opensearch"] in active(settings) and settings.search.endpoint == "http://127.0.0.1:9200"
+    monkeypatch.setenv("FEEDLOOP_SEARCH__URL", "http://search.internal:9200/")
+    settings = load_settings()
+    assert BY_NAME["opensearch"] not in active(settings) and settings.search.endpoint == "http://search.internal:9200"
+
+
+def test_opensearch_runs_the_launcher_on_the_search_ports_and_names_missing_jars(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("FEEDLOOP_JAR_CACHE", str(tmp_path / "jars"))
+    monkeypatch.setenv("FEEDLOOP_BIND_HOST", "10.1.2.3")
+    monkeypatch.setenv("FEEDLOOP_SEARCH__PORT", "9201")
+    with pytest.raises(ServiceError, match="OpenSearch jars missing.*make install"):
+        commands.service_command(load_settings(), "opensearch")
+    (tmp_path / "jars" / "opensearch").mkdir(parents=True)
+    (tmp_path / "jars" / "opensearch" / "opensearch-2.19.6.jar").touch()
+    argv, _, _ = commands.service_command(load_settings(), "opensearch")
+    assert argv[-5:] == [str(opensearch_node.LAUNCHER), str(tmp_path / "var" / "opensearch"), "10.1.2.3", "9201", "9300"]
+    assert "-Xmx512m" in argv and opensearch_node.LAUNCHER.exists() and opensearch_node.LOG4J.exists()
