@@ -146,7 +146,8 @@ async def _add_segments(store: FeedStore, candidates: Candidates, chain: list[st
 async def _user_start(store: FeedStore, user_id: str, categories: list[str], exclude: frozenset[str],
                       allowed: Container[str], need: int):
     """(candidates from the user's own feed and the category feeds of the first segment of their
-    chain that has any, meta, segments still to read, segment used): one round trip."""
+    chain that has any, meta, segments still to read, segment used): two round trips, the user's keys
+    and then the chain's category feeds (two hash tags: docs/cluster.md)."""
     if all(online.is_plain(c) for c in categories):
         segment, recent, own, by_category = await store.user_view_categories(user_id, categories)
     else:
