@@ -33,6 +33,11 @@ id is stored is skipped. Bounded chunks keep Redis answering the API between the
 (one transaction for a 250,000-event batch held it 8-13 s). In the last chunk the
 current windows are rebuilt: ``trending:1m`` = the current 1-minute pane, ``trending:10m`` = the
 current and previous 5-minute panes (10 minutes sliding by 5).
+
+**On a Redis Cluster** a transaction may only touch one hash slot, so the commands are grouped by
+slot (users' keys by bucket, the rankings and markers under ``{live}``), each group keeps its own
+progress marker in its slot, and the ``{live}`` group runs last and closes the batch
+(docs/cluster.md). On a single Redis all commands form one group, as above.
 """
 
 from __future__ import annotations
