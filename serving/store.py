@@ -75,24 +75,22 @@ class FeedStore:
         segment, recent, raw = await self._call(self.client.evalsha, _USER_VIEW, keys, (MAX_RECENT,))
         return segment, frozenset(recent.split(SEPARATOR)) if recent else frozenset(), _feed(raw)
 
-    async def user_view_categories(self, user_id: str, categories: Sequence[str]) -> tuple[
-            str | None, frozenset[str], dict[str, Any] | None, tuple[str, list] | None]:
-        """:meth:`user_view` and ``(segment, its per-category feeds)`` for the first segment of the
-        user's fallback chain that has any (``("", [])`` when none has), or None when they could not
-        be looked up there (then the caller reads them itself). Two round trips: the user's keys and
-        the segment feeds have different hash tags, so no one script may read both."""
-        segment, recent, own = await self.user_view(user_id)
+    async def category_feeds(self, segment: str | None, categories: Sequence[str]) -> tuple[str, list] | None:
+        """``(segment, its per-category feeds)`` for the first segment of ``segment``'s fallback chain
+        that has any (``("", [])`` when none has), in one MGET; None when they could not be looked up
+        there (then the caller reads the chain's whole feeds itself). Not in :meth:`user_view`'s
+        script: the user's keys and the segment feeds have different hash tags (docs/cluster.md)."""
         chain_of = segment or "|".join((ANY, ANY, ANY))
         if not _PLAIN_SEGMENT.fullmatch(chain_of):
-            return segment, recent, own, None
+            return None
         chain = fallbacks(chain_of)
         refs = [(online.CATEGORY_FEED, online.category_feed_ident(s, c)) for s in chain for c in categories]
         bodies = await self._call(self.client.execute, "MGET", *[online.feed_key(*ref) for ref in refs])
         for n, found in enumerate(chain):
             raw = bodies[n * len(categories):(n + 1) * len(categories)]
             if any(raw):
-                return segment, recent, own, (found, [_feed(r) for r in raw])
-        return segment, recent, own, ("", [])
+                return found, [_feed(r) for r in raw]
+        return "", []
 
     async def feeds(self, refs: Sequence[tuple[str, str]]) -> Iterator[dict[str, Any] | None]:
         """The current segment feeds ``(kind, id)`` (kind ``seg`` or :data:`online.CATEGORY_FEED`: one
