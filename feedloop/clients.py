@@ -54,12 +54,32 @@ def redis_client(settings: Settings) -> redis.Redis:
     that went stale across a Redis restart.
     """
     rs = settings.redis
+    if rs.cluster:
+        return redis_cluster_client(settings)
     return redis.Redis(
         host=rs.host,
         port=rs.port,
         username=rs.username or None,
         password=rs.password or None,
         db=rs.db,
+        socket_timeout=rs.socket_timeout_s,
+        socket_connect_timeout=rs.socket_timeout_s,
+        retry=Retry(NoBackoff(), 1),
+        decode_responses=True,
+    )
+
+
+def redis_cluster_client(settings: Settings):
+    """A Redis Cluster client (``redis.cluster: true``), with the same timeouts and login; it learns the
+    other nodes from ``redis.host:port``. Keys that meet in one call must share a hash tag (docs/cluster.md)."""
+    from redis.cluster import RedisCluster
+
+    rs = settings.redis
+    return RedisCluster(
+        host=rs.host,
+        port=rs.port,
+        username=rs.username or None,
+        password=rs.password or None,
         socket_timeout=rs.socket_timeout_s,
         socket_connect_timeout=rs.socket_timeout_s,
         retry=Retry(NoBackoff(), 1),

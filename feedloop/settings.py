@@ -152,6 +152,8 @@ class RedisSettings(_Section):
     db: int = 0
     socket_timeout_s: float = 0.25
     feed_ttl_s: int = 3600
+    # host:port is one node of a Redis Cluster: clients discover the others (docs/cluster.md)
+    cluster: bool = False
 
     _ports = field_validator("port")(_check_port)
 

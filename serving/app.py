@@ -69,6 +69,15 @@ async def lifespan(app: FastAPI):
     await run_in_threadpool(svc.served.close)
 
 
+def _redis(settings):
+    """The API's Redis client: :mod:`serving.resp`, or on a Redis Cluster :mod:`serving.resp_cluster`."""
+    if settings.redis.cluster:
+        from serving.resp_cluster import ClusterRedis
+
+        return ClusterRedis.from_settings(settings)
+    return AsyncRedis.from_settings(settings)
+
+
 def create_app(settings=None, *, served_log: ServedLog | None = None, redis_client=None) -> FastAPI:
     """The feed API for ``settings`` (default: the process settings); ``redis_client``
     replaces the :class:`AsyncRedis` of the settings (bench/redis_py_client.py, a benchmark
@@ -77,7 +86,7 @@ def create_app(settings=None, *, served_log: ServedLog | None = None, redis_clie
     served = served_log or ServedLog.from_settings(settings)
     svc = Services(
         settings=settings,
-        store=FeedStore(redis_client or AsyncRedis.from_settings(settings)),
+        store=FeedStore(redis_client or _redis(settings)),
         publisher=EventPublisher.from_settings(settings),
         served=served,
         metrics=Metrics(),

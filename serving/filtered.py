@@ -146,17 +146,18 @@ async def _add_segments(store: FeedStore, candidates: Candidates, chain: list[st
 async def _user_start(store: FeedStore, user_id: str, categories: list[str], exclude: frozenset[str],
                       allowed: Container[str], need: int):
     """(candidates from the user's own feed and the category feeds of the first segment of their
-    chain that has any, meta, segments still to read, segment used): one round trip."""
-    if all(online.is_plain(c) for c in categories):
-        segment, recent, own, by_category = await store.user_view_categories(user_id, categories)
-    else:
-        (segment, recent, own), by_category = await store.user_view(user_id), None
+    chain that has any, meta, segments still to read, segment used): one round trip for the user's
+    keys, and one more for the chain's category feeds unless the own feed filled the page (two hash
+    tags, which no one script may read together on a Redis Cluster: docs/cluster.md)."""
+    segment, recent, own = await store.user_view(user_id)
     chain = fallbacks(segment or UNKNOWN_SEGMENT)
     candidates = Candidates(allowed, recent | exclude, need)
-    meta, used = None, None
+    meta, used, by_category = None, None, None
     if own is not None:
         candidates.add(feed_rows(own), "user")
         meta = _meta("user", user_id, own)
+    if not candidates.full and all(online.is_plain(c) for c in categories):
+        by_category = await store.category_feeds(segment, categories)
     if by_category is not None and by_category[0] in chain:
         found_segment, feeds = by_category[0], [f for f in by_category[1] if f is not None]
         before = len(candidates)

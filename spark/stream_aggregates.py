@@ -33,6 +33,11 @@ id is stored is skipped. Bounded chunks keep Redis answering the API between the
 (one transaction for a 250,000-event batch held it 8-13 s). In the last chunk the
 current windows are rebuilt: ``trending:1m`` = the current 1-minute pane, ``trending:10m`` = the
 current and previous 5-minute panes (10 minutes sliding by 5).
+
+**On a Redis Cluster** a transaction may only touch one hash slot, so the commands are grouped by
+slot (users' keys by bucket, the rankings and markers under ``{live}``), each group keeps its own
+progress marker in its slot, and the ``{live}`` group runs last and closes the batch
+(docs/cluster.md). On a single Redis all commands form one group, as above.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from dataclasses import dataclass
 
 import redis
 import tenacity
+from redis.crc import key_slot
 
 from feature_store import online
 from feature_store.definitions import (
@@ -150,10 +156,19 @@ def read_watermark(client, marker: str, late_after_ms: int) -> int:
 
 
 CHUNK_COMMANDS = 2000  # commands per MULTI/EXEC: ~tens of ms of Redis time, far under the API's 0.25 s timeout
+CHUNK_MARKER_TTL_S = 24 * 3600  # a group's progress through a batch; stale once the batch is closed
 
 
-def chunk_key(marker: str) -> str:
-    return marker + ":chunk"
+def marker_key(marker_id: str) -> str:
+    """The sink's marker (the last batch applied), under the live rankings' hash tag: the batch's last
+    transaction stores it together with the rebuilt windows and the watermark."""
+    return online.key("agg", "batch", marker_id, tag=online.LIVE)
+
+
+def chunk_key(marker: str, tag: str = online.LIVE) -> str:
+    """Where the commands of hash tag ``tag`` record their progress through a batch: beside the marker,
+    under that tag (on a Redis Cluster each group's transactions stay in its slot)."""
+    return marker.replace("{%s}" % online.LIVE, "{%s}" % tag, 1) + ":chunk"
 
 
 def batch_commands(agg: BatchAggregates) -> list[tuple[str, tuple, dict]]:
@@ -180,49 +195,72 @@ def batch_commands(agg: BatchAggregates) -> list[tuple[str, tuple, dict]]:
     return cmds
 
 
+def command_groups(client, cmds: list) -> list[tuple[str, list]]:
+    """``cmds`` as ``(hash tag, commands)`` groups that may share a transaction, the live group last (it
+    closes the batch; present even when empty). One group on a single Redis: the batch's chunks run in
+    order as before. On a Redis Cluster one group per hash slot, each with its own progress marker."""
+    live_slot = key_slot(online.popular_key().encode("utf-8"))
+    groups, live = [], []
+    for group in online.slot_groups(client, cmds, lambda cmd: cmd[1][0]):
+        if not online.is_cluster(client) or key_slot(group[0][1][0].encode("utf-8")) == live_slot:
+            live = group
+        else:
+            groups.append((online.hash_tag(group[0][1][0]), group))
+    return groups + [(online.LIVE, live)]
+
+
 def chunks(cmds: list, size: int) -> list[list]:
     """``cmds`` cut into lists of at most ``size`` (at least one list, perhaps empty: the closing one)."""
     return [cmds[i:i + size] for i in range(0, len(cmds), size)] or [[]]
 
 
-def applied_chunks(client, marker: str, batch_id: int) -> int | None:
-    """How many chunks of ``batch_id`` are applied already: None when the whole batch is (skip it)."""
+def _progress(raw, batch_id: int) -> int:
+    if raw is None:
+        return 0
+    batch, _, count = (raw.decode() if isinstance(raw, bytes) else raw).partition(":")
+    return int(count) if int(batch) == batch_id else 0
+
+
+def applied_chunks(client, marker: str, batch_id: int, tags: list[str] = (online.LIVE,)) -> list[int] | None:
+    """How many chunks of ``batch_id`` each group (by hash tag) has applied: None when the whole batch is
+    (skip it). One round trip (one per node on a Redis Cluster) after reading the marker."""
     done = client.get(marker)
     if done is not None and int(done) >= batch_id:
         return None
-    partial = client.get(chunk_key(marker))
-    if partial is not None:
-        batch, _, count = (partial.decode() if isinstance(partial, bytes) else partial).partition(":")
-        if int(batch) == batch_id:
-            return int(count)
-    return 0
+    pipe = client.pipeline(transaction=False)
+    for tag in tags:
+        pipe.get(chunk_key(marker, tag))
+    return [_progress(raw, batch_id) for raw in pipe.execute()]
 
 
 def apply_aggregates(client, marker: str, batch_id: int, agg: BatchAggregates, now_ms: int | None = None,
                      chunk_commands: int = CHUNK_COMMANDS) -> bool:
     """Apply one batch's aggregates in bounded MULTI/EXEC chunks; False when the batch was already applied.
 
-    Each chunk's transaction also records ``<batch id>:<chunks done>``, so a replay after a crash between
-    chunks applies only the chunks that are missing; the last one rebuilds the windows, raises the watermark
-    and stores the batch id, as the single transaction did before. One huge transaction held Redis for
-    8-13 s on a catch-up batch, and the API's reads (0.25 s timeout) failed meanwhile (docs/chaos.md).
+    Each chunk's transaction also records ``<batch id>:<chunks done>`` for its group, so a replay after a
+    crash between chunks applies only the chunks that are missing; the live group's last chunk rebuilds the
+    windows, raises the watermark and stores the batch id. One huge transaction held Redis for 8-13 s on a
+    catch-up batch, and the API's reads (0.25 s timeout) failed meanwhile (docs/chaos.md). On a Redis
+    Cluster the groups are hash slots (a transaction may not span two); on a single Redis, one group.
     """
-    done = applied_chunks(client, marker, batch_id)
+    groups = command_groups(client, batch_commands(agg))
+    done = applied_chunks(client, marker, batch_id, [tag for tag, _ in groups])
     if done is None:
         return False
     now = now_ms if now_ms is not None else int(time.time() * 1000)
-    parts = chunks(batch_commands(agg), chunk_commands)
-    for index, part in enumerate(parts):
-        if index < done:
-            continue
-        pipe = client.pipeline(transaction=True)
-        for name, args, kwargs in part:
-            getattr(pipe, name)(*args, **kwargs)
-        if index == len(parts) - 1:
-            _close_batch(pipe, marker, batch_id, agg, now)
-        else:
-            pipe.set(chunk_key(marker), f"{batch_id}:{index + 1}")
-        pipe.execute()
+    for (tag, cmds), already in zip(groups, done):
+        parts = chunks(cmds, chunk_commands)
+        for index, part in enumerate(parts):
+            if index < already:
+                continue
+            pipe = client.pipeline(transaction=True)
+            for name, args, kwargs in part:
+                getattr(pipe, name)(*args, **kwargs)
+            if tag == online.LIVE and index == len(parts) - 1:
+                _close_batch(pipe, marker, batch_id, agg, now)
+            else:
+                pipe.set(chunk_key(marker, tag), f"{batch_id}:{index + 1}", ex=CHUNK_MARKER_TTL_S)
+            pipe.execute()
     return True
 
 
@@ -245,7 +283,7 @@ class RedisAggregates:
 
     def __init__(self, settings, marker_id: str, late_after_ms: int):
         self.client = clients.redis_client(settings)
-        self.marker = online.key("agg", "batch", marker_id)
+        self.marker = marker_key(marker_id)
         self.late_after_ms = late_after_ms
         self.applied = 0
         self.late = 0

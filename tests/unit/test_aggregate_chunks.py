@@ -1,6 +1,8 @@
 """The sink's Redis writes cut into bounded, replayable chunks (pure logic; the real Redis: test_aggregates)."""
 
-from spark.stream_aggregates import BatchAggregates, applied_chunks, batch_commands, chunks
+from spark.stream_aggregates import (
+    BatchAggregates, applied_chunks, batch_commands, chunk_key, chunks, command_groups, marker_key,
+)
 
 
 def agg(order=1):
@@ -27,10 +29,40 @@ class Store(dict):
     def get(self, key):
         return dict.get(self, key)
 
+    def pipeline(self, transaction=False):
+        return Pipe(self)
 
-def test_applied_chunks_reads_the_batch_marker_and_the_partial_marker():
-    assert applied_chunks(Store(), "m", 0) == 0
-    assert applied_chunks(Store({"m": "4"}), "m", 4) is None  # applied: skipped
-    assert applied_chunks(Store({"m": "4"}), "m", 3) is None  # older than the last applied
-    assert applied_chunks(Store({"m": "4", "m:chunk": "5:2"}), "m", 5) == 2  # two chunks of 5 done
-    assert applied_chunks(Store({"m": "4", "m:chunk": b"5:2"}), "m", 6) == 0  # a stale partial of another batch
+
+class Pipe(list):
+    def __init__(self, store):
+        super().__init__()
+        self.store = store
+
+    def get(self, key):
+        self.append(key)
+
+    def execute(self):
+        return [self.store.get(k) for k in self]
+
+
+M = marker_key("m")
+
+
+def test_applied_chunks_reads_the_batch_marker_and_each_groups_partial_marker():
+    assert applied_chunks(Store(), M, 0) == [0]
+    assert applied_chunks(Store({M: "4"}), M, 4) is None  # applied: skipped
+    assert applied_chunks(Store({M: "4"}), M, 3) is None  # older than the last applied
+    assert applied_chunks(Store({M: "4", chunk_key(M): "5:2"}), M, 5) == [2]  # two chunks of 5 done
+    assert applied_chunks(Store({M: "4", chunk_key(M): b"5:2"}), M, 6) == [0]  # a stale partial of another batch
+    # on a Redis Cluster each slot group keeps its own, in its slot
+    store = Store({M: "4", chunk_key(M, "u7"): "5:1", chunk_key(M): "5:3"})
+    assert applied_chunks(store, M, 5, ["u7", "u9", "live"]) == [1, 0, 3]
+    assert chunk_key(M, "u7") == "feedloop:{u7}:agg:batch:m:chunk"
+
+
+def test_a_single_redis_keeps_one_group_with_the_live_group_closing():
+    import redis
+
+    cmds = batch_commands(agg())
+    assert command_groups(redis.Redis(port=1), cmds) == [("live", cmds)]
+    assert command_groups(redis.Redis(port=1), []) == [("live", [])]

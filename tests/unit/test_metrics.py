@@ -21,7 +21,7 @@ from serving import metrics as metrics_module
 from serving.app import create_app
 from serving.metrics import MULTIPROC_ENV, Metrics, multiproc_dir, prepare_multiproc_dir, use_multiproc_dir
 from serving.served_log import ServedLog
-from serving.store import _READ_FEEDS, _USER_VIEW
+from serving.store import _USER_VIEW
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -111,16 +111,14 @@ class CannedRedis:
     """No user feed, no segment feed, a trending ranking: every user feed is a fallback."""
 
     async def evalsha(self, script, keys, args=()):
-        if script is _USER_VIEW:
-            return [None, "", False]
-        assert script is _READ_FEEDS
-        return [False] * len(keys)
+        assert script is _USER_VIEW
+        return [None, "", False]
 
     async def pipeline(self, commands):
         return [2 if c[0] == "ZCARD" else ["i1", "3", "i2", "2"] for c in commands]
 
     async def execute(self, *command):
-        return None
+        return [None] * (len(command) - 1) if command[0] == "MGET" else None
 
     async def close(self):
         pass
