@@ -45,8 +45,10 @@ def master_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
     spark = settings.spark
     argv = [str(pyspark_home() / "bin" / "spark-class"), MASTER_CLASS, "--host", settings.bind_host,
             "--port", str(spark.master_port), "--webui-port", str(spark.master_ui_port)]
-    # an application that sets no spark.cores.max (an analyst's own spark-submit) gets app_cores, not every core
-    return argv, _daemon_env(settings, [f"-Dspark.deploy.defaultCores={spark.app_cores}"])
+    # an application that sets no spark.cores.max (an analyst's own spark-submit) gets app_cores, not every core;
+    # no REST submission server (on by default, on a fixed port 6066, without a login): drivers run in client mode
+    return argv, _daemon_env(settings, [f"-Dspark.deploy.defaultCores={spark.app_cores}",
+                                        "-Dspark.master.rest.enabled=false"])
 
 
 def worker_command(settings: Settings, n: int) -> tuple[list[str], dict[str, str]]:

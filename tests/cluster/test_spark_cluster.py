@@ -21,11 +21,11 @@ import pytest
 from infra.spark_cluster import alive_worker_ports, master_state, worker_registered, worker_ui_port
 from infra.supervision import supervisor
 from sources import simulator
-from spark.partitions import partition_rows
+from spark.partitions import partition_rows, wait_for_rows
 from tests.cluster.conftest import hive_query
 
 DS = "2026-07-19"  # a day of this module's own: no other test writes it
-EVENTS = 20_000
+EVENTS = 5000
 TABLES = ("user_features", "item_features")
 # the features step's driver UI (its REST API tells which executor runs tasks), clear of the stack's own Spark UIs
 UI_PORT_OFFSET = 40
@@ -33,19 +33,19 @@ UI_PORT_OFFSET = 40
 
 @pytest.fixture(scope="module")
 def day_loaded(settings):
-    """One simulated day straight into Hive (the bulk path of `simulate --to-hive`: one Spark job, no stream)."""
-    assert simulator.main(argparse.Namespace(users=300, items=400, events=EVENTS, rate=0, duration=0, seed=19, ds=DS,
-                                             no_catalogue=False, to_hive=True)) == 0
-    rows = partition_rows(settings, "events", DS)
-    assert rows >= EVENTS
-    return rows
+    """One simulated day of events, landed in Hive by the supervised streaming sink (as test_skeleton's)."""
+    before = partition_rows(settings, "events", DS)
+    simulator.main(argparse.Namespace(users=300, items=400, events=EVENTS, rate=0, duration=0, seed=19, ds=DS,
+                                      no_catalogue=False))
+    return wait_for_rows(settings, DS, before + EVENTS, timeout_s=300, poll_s=1)
 
 
 def start_features(settings, event_log: Path) -> subprocess.Popen:
     """`feedloop features --ds DS` (the DAG's step, same job), logging its Spark events to ``event_log``
     and its output to ``event_log``/../features.out."""
     event_log.mkdir(parents=True, exist_ok=True)
-    conf = {"spark.eventLog.enabled": "true", "spark.eventLog.dir": event_log.as_uri(), "spark.eventLog.compress": "false"}
+    conf = {"spark.eventLog.enabled": "true", "spark.eventLog.dir": event_log.as_uri(),
+            "spark.eventLog.compress": "false", "spark.eventLog.rolling.enabled": "false"}  # one JSON-lines file
     env = {**os.environ, "FEEDLOOP_SPARK__UI_PORT": str(settings.spark.ui_port + UI_PORT_OFFSET),
            "FEEDLOOP_SPARK__EXTRA_CONF": json.dumps(conf)}
     with open(event_log.parent / "features.out", "w") as out:  # a file, not a pipe nobody reads while it runs
