@@ -92,7 +92,9 @@ def test_the_master_and_workers_run_from_pysparks_jars(monkeypatch, isolated):
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert (argv[argv.index("--port") + 1], argv[argv.index("--webui-port") + 1]) == ("7077", "8090")
     assert Path(env["SPARK_HOME"]) == Path(argv[0]).parent.parent
-    assert env["SPARK_DAEMON_MEMORY"] == "256m" and "spark.deploy.defaultCores=2" in env["SPARK_DAEMON_JAVA_OPTS"]
+    opts = env["SPARK_DAEMON_JAVA_OPTS"]
+    assert env["SPARK_DAEMON_MEMORY"] == "256m" and "spark.deploy.defaultCores=2" in opts
+    assert "-Dspark.master.rest.enabled=false" in opts.split()  # its port 6066 is fixed and has no login
     for n in (1, 2):
         argv, env, _ = commands.service_command(settings, f"spark-worker-{n}")
         assert Path(argv[0]).name == "nice"  # executors are batch and streaming work, like in local mode
