@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "FEEDLOOP_"
@@ -125,8 +125,25 @@ class HiveSettings(_Section):
 
 
 class SparkSettings(_Section):
-    master: str = "local[2]"
+    # empty: local[2] when workers is 0, else the standalone master feedloop runs, spark://<bind_host>:<master_port>
+    # (Settings fills it in); set it for any other cluster (spark://..., yarn, k8s://...; docs/cluster.md)
+    master: str = ""
     ui_port: int = 4040
+    # Spark standalone under feedloop's supervision (the cluster profile): a master and this many workers,
+    # each worker a process on this machine advertising worker_cores cores and worker_memory for executors.
+    # Advertising more cores than the machine has is deliberate: every application (Thrift Server, stream-events,
+    # the learner, a DAG step) is capped at app_cores, one executor of executor_cores per worker, so four of them
+    # run at once instead of the first one taking every core and the others waiting (docs/cluster.md).
+    workers: int = Field(0, ge=0, le=2)
+    master_port: int = 7077
+    master_ui_port: int = 8090
+    worker_ui_port: int = 8091  # worker n's web UI listens on worker_ui_port + n - 1
+    worker_cores: int = Field(6, ge=1)
+    worker_memory: str = "6g"
+    daemon_memory: str = "256m"  # heap of the master and worker JVMs (they only schedule; executors are apart)
+    executor_cores: int = Field(1, ge=1)
+    executor_memory: str = "1g"
+    app_cores: int = Field(2, ge=1)  # spark.cores.max: the cores one application holds at most
     driver_memory: str = "1g"
     shuffle_partitions: int = 4
     streaming_trigger_s: int = 1  # events -> Hive and Redis aggregates micro-batch interval
@@ -136,10 +153,12 @@ class SparkSettings(_Section):
     file_max_records: int = 1_000_000  # size target of the sink's Parquet files (rows per file)
     extra_conf: dict[str, str] = Field(default_factory=dict)
 
+    _ports = field_validator("ui_port", "master_port", "master_ui_port", "worker_ui_port")(_check_port)
+
     @field_validator("master")
     @classmethod
     def _known_master(cls, value: str) -> str:
-        if not value.startswith(("local", "spark://", "yarn", "k8s://")):
+        if value and not value.startswith(("local", "spark://", "yarn", "k8s://")):
             raise ValueError(f"expected local[*], spark://host:port, yarn or k8s://..., got {value!r}")
         return value
 
@@ -317,6 +336,17 @@ class Settings(_Section):
 
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+
+    @model_validator(mode="after")
+    def _derive_spark_master(self) -> Settings:
+        if not self.spark.master:
+            self.spark.master = self.standalone_master_url if self.spark.workers else "local[2]"
+        return self
+
+    @property
+    def standalone_master_url(self) -> str:
+        """The URL of the Spark standalone master feedloop runs (service spark-master)."""
+        return f"spark://{self.bind_host}:{self.spark.master_port}"
 
     # -- derived paths -------------------------------------------------
     @property

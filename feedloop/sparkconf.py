@@ -8,8 +8,9 @@ the SparkSession itself is :func:`feature_store.offline.get_spark`.
 from __future__ import annotations
 
 import glob
+import sys
 
-from feedloop.settings import Settings
+from feedloop.settings import REPO_ROOT, Settings
 
 
 def kafka_connector_jars(settings: Settings) -> list[str]:
@@ -44,7 +45,33 @@ def spark_conf(settings: Settings, app_name: str, with_kafka: bool = False) -> d
     }
     if with_kafka:
         conf["spark.jars"] = ",".join(kafka_connector_jars(settings))
+    conf.update(executor_conf(settings))
     conf.update(settings.spark.extra_conf)
+    return conf
+
+
+def executor_conf(settings: Settings) -> dict[str, str]:
+    """What an application asks of a cluster manager: its executors' size and its share of the cores.
+
+    Empty for local[*], where the driver runs every task itself. On a cluster each application is capped
+    (spark.cores.max on standalone, a fixed executor count on YARN and Kubernetes), so the long-lived ones
+    (Thrift Server, streaming apps) never hold every core while a DAG step waits for executors.
+    """
+    spark = settings.spark
+    if spark.master.startswith("local"):
+        return {}
+    conf = {
+        "spark.executor.cores": str(spark.executor_cores),
+        "spark.executor.memory": spark.executor_memory,
+        # Python on executors (none of the jobs uses a Python UDF today, but one may): the driver's
+        # interpreter and this checkout, at the same paths on every worker of this machine
+        "spark.pyspark.python": sys.executable,
+        "spark.executorEnv.PYTHONPATH": str(REPO_ROOT),
+    }
+    if spark.master.startswith("spark://"):
+        conf["spark.cores.max"] = str(spark.app_cores)
+    else:
+        conf["spark.executor.instances"] = str(max(1, spark.app_cores // spark.executor_cores))
     return conf
 
 

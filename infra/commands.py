@@ -20,8 +20,9 @@ from infra.registry import BY_NAME
 # Services that run at the lower CPU priority settings.batch_nice: batch and streaming work, whose delay costs
 # seconds of freshness, never a failed read. Airflow's tasks inherit the scheduler's priority (the
 # LocalExecutor forks them). The API, Redis, Kafka, Postgres, MLflow and the metastore keep the normal one.
+# Spark workers too: their executors (children, so at the same priority) run the Spark work of every application.
 BACKGROUND = ("stream-events", "stream-learner", "thriftserver", "airflow-scheduler", "airflow-dag-processor",
-              "airflow-triggerer")
+              "airflow-triggerer", "spark-worker-1", "spark-worker-2")
 
 
 def spark_submit_conf(settings: Settings, app_name: str, ui_port: int) -> list[str]:
@@ -89,6 +90,14 @@ def service_command(settings: Settings, name: str) -> tuple[list[str], dict[str,
                 "--hiveconf", "hive.server2.authentication=CUSTOM",
                 "--hiveconf", f"hive.server2.custom.authentication.class={HIVE_AUTH_CLASS}",
                 "spark-internal"]
+    elif name == "spark-master":
+        from infra.spark_cluster import master_command
+
+        argv, env = master_command(settings)
+    elif name.startswith("spark-worker-"):
+        from infra.spark_cluster import worker_command
+
+        argv, env = worker_command(settings, int(name.rsplit("-", 1)[1]))
     elif name == "mlflow":
         pg = settings.postgres
         art = settings.var / "mlflow" / "artifacts"

@@ -40,10 +40,10 @@ def preflight(settings: Settings, names: list[str]) -> None:
         svc = BY_NAME[name]
         if state.get(name) == "RUNNING":
             continue
-        for setting in [svc.port_setting, *svc.extra_ports]:
-            if not setting:
-                continue
-            port = setting_value(settings, setting)
+        ports = [(setting, setting_value(settings, setting)) for setting in svc.extra_ports]
+        if svc.port_setting:
+            ports.insert(0, (svc.port_setting, svc.port(settings)))
+        for setting, port in ports:
             if port_open(settings.bind_host, port):
                 env = "FEEDLOOP_" + setting.replace(".", "__").upper()
                 raise ServiceError(

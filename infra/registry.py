@@ -8,6 +8,7 @@ from typing import Callable
 
 from feedloop.settings import Settings
 from infra.health import http, kafka_ok, opensearch_ok, postgres_ok, redis_ok, running, setting_value, streaming, tcp
+from infra.spark_cluster import master_alive, worker_registered
 
 @dataclass
 class Service:
@@ -21,9 +22,10 @@ class Service:
     optional: bool = False  # started only when named (`feedloop up stream-learner`), not by a plain `up`
     # whether the settings ask for this service at all (a cluster member: a second broker, a Spark worker)
     enabled: Callable[[Settings], bool] = lambda settings: True
+    port_offset: int = 0  # members sharing one port setting: Spark worker n listens on worker_ui_port + n - 1
 
     def port(self, settings: Settings) -> int | None:
-        return setting_value(settings, self.port_setting) if self.port_setting else None
+        return setting_value(settings, self.port_setting) + self.port_offset if self.port_setting else None
 
     def log(self, settings: Settings) -> Path:
         return settings.log_dir / f"{self.name}.log"
@@ -37,6 +39,11 @@ SERVICES: list[Service] = [
     Service("opensearch", "search.port", 1, opensearch_ok, 180, "catalogue search (single-node OpenSearch)",
             ["search.transport_port"], enabled=lambda s: s.search.backend == "opensearch" and not s.search.url),
     Service("metastore", "hive.metastore_port", 1, tcp("hive.metastore_port"), 180, "Hive Metastore (Derby behind it)"),
+    Service("spark-master", "spark.master_ui_port", 1, master_alive, 120, "Spark standalone master",
+            ["spark.master_port"], enabled=lambda settings: settings.spark.workers >= 1),
+    *[Service(f"spark-worker-{n}", "spark.worker_ui_port", 1, worker_registered(n), 180,
+              f"Spark standalone worker {n} (executors of every Spark application)",
+              enabled=lambda settings, n=n: settings.spark.workers >= n, port_offset=n - 1) for n in (1, 2)],
     Service("thriftserver", "hive.hs2_port", 2, tcp("hive.hs2_port"), 240, "Spark Thrift Server: HiveServer2 protocol"),
     Service("mlflow", "mlflow.port", 2, http("mlflow.port", "/health"), 120, "MLflow tracking server and registry"),
     Service("airflow-api", "airflow.port", 3, http("airflow.port", "/api/v2/version"), 240, "Airflow 3 api-server and UI"),
