@@ -45,8 +45,12 @@ def preflight(settings: Settings, names: list[str]) -> None:
                 continue
             port = setting_value(settings, setting)
             if port_open(settings.bind_host, port):
-                env = "FEEDLOOP_" + setting.replace(".", "__").upper()
+                section, field = setting.split(".")
+                if field in type(getattr(settings, section)).model_fields:
+                    choose = f"FEEDLOOP_{section.upper()}__{field.upper()}=<port>"
+                else:  # derived from the section's port settings (Kafka brokers 2 and 3)
+                    choose = f"FEEDLOOP_{section.upper()}__* (this port follows them)"
                 raise ServiceError(
                     f"port {port} ({setting}) needed by {name} is already in use{_port_owner_hint(port)}; "
-                    f"stop that process or choose another port with {env}=<port>")
+                    f"stop that process or choose another port with {choose}")
 
