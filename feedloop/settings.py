@@ -70,7 +70,8 @@ class KafkaSettings(_Section):
     brokers: int = Field(1, ge=1, le=3)
     node_port_step: int = Field(10, ge=2)
     # 0: follow the brokers, min(3, brokers) replicas and min.insync.replicas 2 with 3 replicas, else 1
-    # (acks=all then survives one broker down without losing an acknowledged write)
+    # (acks=all then survives one broker down without losing an acknowledged write). Against brokers run
+    # elsewhere (an explicit bootstrap), set replication_factor to what that cluster holds.
     replication_factor: int = Field(0, ge=0)
     min_insync_replicas: int = Field(0, ge=0)
     heap: str = "512m"
@@ -97,7 +98,8 @@ class KafkaSettings(_Section):
 
     @model_validator(mode="after")
     def _replicas_fit_the_brokers(self) -> "KafkaSettings":
-        if self.replication_factor > self.brokers:
+        # with an explicit bootstrap the brokers may be elsewhere (a real cluster): only Kafka can check it then
+        if self.replication_factor > self.brokers and not self.bootstrap:
             raise ValueError(f"replication_factor {self.replication_factor} exceeds brokers {self.brokers}")
         if self.min_insync_replicas > self.replicas:
             raise ValueError(f"min_insync_replicas {self.min_insync_replicas} exceeds the {self.replicas} replicas")

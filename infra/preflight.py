@@ -10,6 +10,7 @@ from feedloop.settings import Settings
 from infra.binaries import java_bin
 from infra.errors import ServiceError
 from infra.health import port_open, setting_value
+from infra.kafka_broker import check_quorum_started_together
 from infra.registry import BY_NAME
 from infra.supervision import process_states
 
@@ -36,6 +37,7 @@ def preflight(settings: Settings, names: list[str]) -> None:
     """Fail early, naming the problem: no Java, a port taken by someone else."""
     java_bin()
     state = process_states(settings)
+    check_quorum_started_together(settings, names, state)
     for name in names:
         svc = BY_NAME[name]
         if state.get(name) == "RUNNING":

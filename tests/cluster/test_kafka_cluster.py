@@ -77,7 +77,7 @@ def test_every_topic_has_three_replicas_two_in_sync_and_the_quorum_three_voters(
             assert {len(p["replica_nodes"]) for p in partitions(admin, topic)} == {3}, topic
         described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])["topic"]
         assert {t: described[t]["min.insync.replicas"]["value"] for t in topics} == dict.fromkeys(topics, "2")
-        [broker] = admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, "1")])["broker"].values()
+        [broker] = admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, "1")], config_filter="all")["broker"].values()
         internal = ("offsets.topic.replication.factor", "transaction.state.log.replication.factor",
                     "share.coordinator.state.topic.replication.factor")
         assert [broker[key]["value"] for key in internal] == ["3", "3", "3"]

@@ -96,6 +96,14 @@ def test_an_explicit_bootstrap_wins(monkeypatch):
     assert cluster(monkeypatch, bootstrap="k1:9092,k2:9092").kafka.bootstrap == "k1:9092,k2:9092"
 
 
+def test_brokers_run_elsewhere_take_the_replication_they_are_given(monkeypatch):
+    """A real cluster: no local broker beyond the default, an explicit bootstrap, RF 3 for its topics."""
+    monkeypatch.setenv("FEEDLOOP_KAFKA__BOOTSTRAP", "k1:9092,k2:9092,k3:9092")
+    monkeypatch.setenv("FEEDLOOP_KAFKA__REPLICATION_FACTOR", "3")
+    k = load_settings().kafka
+    assert (k.brokers, k.replicas, k.min_isr) == (1, 3, 2)
+
+
 def test_each_broker_service_runs_its_own_config(monkeypatch, isolated):
     settings = cluster(monkeypatch)
     monkeypatch.setattr("infra.kafka_broker.kafka_classpath", lambda settings: "jars/*")
@@ -114,3 +122,16 @@ def test_storage_formatted_for_another_broker_count_is_refused(monkeypatch, isol
     format_storage(single)  # formatted as it needs: nothing to do, no JVM started
     with pytest.raises(ServiceError, match=r"formatted for broker\(s\) \[1\], these settings run \[1, 2, 3\]"):
         format_storage(cluster(monkeypatch))
+
+
+def test_brokers_of_the_quorum_are_started_together(monkeypatch):
+    from infra.kafka_broker import check_quorum_started_together
+
+    settings = cluster(monkeypatch)
+    with pytest.raises(ServiceError, match="name kafka-2, kafka-3 too"):
+        check_quorum_started_together(settings, ["redis", "kafka"], {})
+    check_quorum_started_together(settings, ["kafka", "kafka-2", "kafka-3"], {})
+    check_quorum_started_together(settings, ["kafka"], {"kafka-2": "RUNNING", "kafka-3": "RUNNING"})  # a restart
+    check_quorum_started_together(settings, ["api"], {})
+    monkeypatch.delenv("FEEDLOOP_PROFILE")
+    check_quorum_started_together(load_settings(), ["redis", "kafka"], {})  # one broker: nothing to wait for
