@@ -112,6 +112,16 @@ def wait_restarted(settings, node: int, old_pid: int, timeout_s: float = 120) ->
         time.sleep(0.5)
 
 
+def broker_rss_mb(settings) -> dict[str, int]:
+    """Resident memory of each broker's JVM (a measurement for docs/cluster.md, not a check)."""
+    rss = {}
+    for node in settings.kafka.nodes:
+        pid = supervisor(settings).getProcessInfo(node_service(node))["pid"]
+        status = open(f"/proc/{pid}/status").read()
+        rss[node_service(node)] = int(status.split("VmRSS:")[1].split()[0]) // 1024
+    return rss
+
+
 def dead_broker_first(settings, node: int):
     """The settings with broker ``node`` first in the bootstrap list: a client starting now must move on."""
     servers = settings.kafka.bootstrap.split(",")
@@ -149,14 +159,15 @@ def test_kill_9_of_a_broker_mid_stream_loses_and_doubles_no_acknowledged_event(s
         time.sleep(2)
     wait_stream_caught_up(settings)  # a late duplicate would be in Hive by now
     counts = tuple(hive_query(settings, query)[0])
-    print(f"\n50,000 events sent in {sent_s:.0f}s; broker {killed} (the active controller) killed at event "
-          f"{KILL_AT}; in Hive {counts}")
+    print(f"\n{TOTAL:,} events sent in {sent_s:.0f}s; broker {killed} (the active controller) killed at event "
+          f"{KILL_AT:,}; in Hive {counts}; brokers' RSS (MB) {broker_rss_mb(settings)}")
     assert counts == (TOTAL, TOTAL)
     admin = admin_client(settings)
     try:  # the restarted broker caught up and is a full replica again
         wait_all_in_sync(admin, topic, 3, timeout_s=120)
     finally:
         admin.close()
+    print(f"every partition in sync again {time.time() - started - sent_s:.0f}s after the last send")
 
 
 @pytest.fixture(autouse=True, scope="module")
