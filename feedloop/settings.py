@@ -59,9 +59,21 @@ def _check_port(value: int) -> int:
 
 
 class KafkaSettings(_Section):
-    bootstrap: str = "127.0.0.1:9092"
+    # empty: every broker this stack runs, <bind_host>:<its port> (Settings fills it in), so a client
+    # starting while one broker is down still finds the others
+    bootstrap: str = ""
     controller_port: int = 9093
     port: int = 9092
+    # Brokers on this machine, each a KRaft controller too (one quorum of `brokers` voters). Broker n (1-based)
+    # listens on port + (n-1) * node_port_step and controller_port + (n-1) * node_port_step, so a port shift
+    # moves every node. The cluster profile runs 3 (infra/profiles/cluster.yaml, docs/cluster.md).
+    brokers: int = Field(1, ge=1, le=3)
+    node_port_step: int = Field(10, ge=2)
+    # 0: follow the brokers, min(3, brokers) replicas and min.insync.replicas 2 with 3 replicas, else 1
+    # (acks=all then survives one broker down without losing an acknowledged write). Against brokers run
+    # elsewhere (an explicit bootstrap), set replication_factor to what that cluster holds.
+    replication_factor: int = Field(0, ge=0)
+    min_insync_replicas: int = Field(0, ge=0)
     heap: str = "512m"
     events_topic: str = "feedback.events"
     dlq_topic: str = "feedback.events.dlq"
@@ -78,11 +90,47 @@ class KafkaSettings(_Section):
     @field_validator("bootstrap")
     @classmethod
     def _bootstrap_has_port(cls, value: str) -> str:
-        for server in value.split(","):
+        for server in value.split(",") if value else []:
             host, _, port = server.strip().rpartition(":")
             if not host or not port.isdigit():
                 raise ValueError(f"expected host:port[,host:port], got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _replicas_fit_the_brokers(self) -> "KafkaSettings":
+        # with an explicit bootstrap the brokers may be elsewhere (a real cluster): only Kafka can check it then
+        if self.replication_factor > self.brokers and not self.bootstrap:
+            raise ValueError(f"replication_factor {self.replication_factor} exceeds brokers {self.brokers}")
+        if self.min_insync_replicas > self.replicas:
+            raise ValueError(f"min_insync_replicas {self.min_insync_replicas} exceeds the {self.replicas} replicas")
+        return self
+
+    @property
+    def replicas(self) -> int:
+        """Replication factor of every topic, internal ones included."""
+        return self.replication_factor or min(3, self.brokers)
+
+    @property
+    def min_isr(self) -> int:
+        """min.insync.replicas: acks=all waits for this many copies."""
+        return self.min_insync_replicas or (2 if self.replicas >= 3 else 1)
+
+    @property
+    def nodes(self) -> list[int]:
+        """Node ids of the brokers on this machine, 1..brokers."""
+        return list(range(1, self.brokers + 1))
+
+    def node_port(self, node: int) -> int:
+        return self.port + (node - 1) * self.node_port_step
+
+    def node_controller_port(self, node: int) -> int:
+        return self.controller_port + (node - 1) * self.node_port_step
+
+    # the registry's port settings of brokers 2 and 3 (infra.registry: `kafka.port_2`, ...)
+    port_2 = property(lambda self: self.node_port(2))
+    port_3 = property(lambda self: self.node_port(3))
+    controller_port_2 = property(lambda self: self.node_controller_port(2))
+    controller_port_3 = property(lambda self: self.node_controller_port(3))
 
 
 class HiveSettings(_Section):
@@ -347,6 +395,12 @@ class Settings(_Section):
     def standalone_master_url(self) -> str:
         """The URL of the Spark standalone master feedloop runs (service spark-master)."""
         return f"spark://{self.bind_host}:{self.spark.master_port}"
+
+    @model_validator(mode="after")
+    def _kafka_bootstrap_names_every_broker(self) -> "Settings":
+        if not self.kafka.bootstrap:
+            self.kafka.bootstrap = ",".join(f"{self.bind_host}:{self.kafka.node_port(n)}" for n in self.kafka.nodes)
+        return self
 
     # -- derived paths -------------------------------------------------
     @property

@@ -11,7 +11,7 @@ from feedloop.settings import Settings, get_settings
 from infra.binaries import VENV_BIN, java_bin, postgres_bin, pyspark_home
 from infra.errors import ServiceError
 from infra.hive import HIVE_AUTH_CLASS, METASTORE_LAUNCHER, write_hive_password_file, write_hive_site
-from infra.kafka_broker import kafka_config, kafka_java
+from infra.kafka_broker import kafka_command, service_node
 from infra.mlflow_auth import mlflow_auth_env, sync_mlflow_admin
 from infra.redis_server import redis_conf
 from infra.registry import BY_NAME
@@ -53,8 +53,8 @@ def service_command(settings: Settings, name: str) -> tuple[list[str], dict[str,
                 "-c", "fsync=on", "-c", "logging_collector=off"]
     elif name == "redis":
         argv = [shutil.which("redis-server") or "/usr/bin/redis-server", str(redis_conf(settings))]
-    elif name == "kafka":
-        argv = kafka_java(settings, settings.kafka.heap) + ["kafka.Kafka", str(kafka_config(settings))]
+    elif service_node(name):
+        argv = kafka_command(settings, service_node(name))
     elif name == "opensearch":
         from infra.opensearch_node import service_argv
 

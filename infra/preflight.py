@@ -10,6 +10,7 @@ from feedloop.settings import Settings
 from infra.binaries import java_bin
 from infra.errors import ServiceError
 from infra.health import port_open, setting_value
+from infra.kafka_broker import check_quorum_started_together
 from infra.registry import BY_NAME
 from infra.supervision import process_states
 
@@ -36,6 +37,7 @@ def preflight(settings: Settings, names: list[str]) -> None:
     """Fail early, naming the problem: no Java, a port taken by someone else."""
     java_bin()
     state = process_states(settings)
+    check_quorum_started_together(settings, names, state)
     for name in names:
         svc = BY_NAME[name]
         if state.get(name) == "RUNNING":
@@ -45,8 +47,12 @@ def preflight(settings: Settings, names: list[str]) -> None:
             ports.insert(0, (svc.port_setting, svc.port(settings)))
         for setting, port in ports:
             if port_open(settings.bind_host, port):
-                env = "FEEDLOOP_" + setting.replace(".", "__").upper()
+                section, field = setting.split(".")
+                if field in type(getattr(settings, section)).model_fields:
+                    choose = f"FEEDLOOP_{section.upper()}__{field.upper()}=<port>"
+                else:  # derived from the section's port settings (Kafka brokers 2 and 3)
+                    choose = f"FEEDLOOP_{section.upper()}__* (this port follows them)"
                 raise ServiceError(
                     f"port {port} ({setting}) needed by {name} is already in use{_port_owner_hint(port)}; "
-                    f"stop that process or choose another port with {env}=<port>")
+                    f"stop that process or choose another port with {choose}")
 

@@ -34,7 +34,14 @@ class Service:
 SERVICES: list[Service] = [
     Service("postgres", "postgres.port", 1, postgres_ok, 60, "metadata DB for Airflow and MLflow"),
     Service("redis", "redis.port", 1, redis_ok, 30, "online store: feeds, trending, user state"),
-    Service("kafka", "kafka.port", 1, kafka_ok, 120, "event bus (KRaft, single node)", ["kafka.controller_port"]),
+    Service("kafka", "kafka.port", 1, kafka_ok, 120, "event bus: Kafka broker 1 (KRaft broker and controller)",
+            ["kafka.controller_port"]),
+    # brokers 2 and 3 of the cluster profile (kafka.brokers), on ports derived from kafka.port and
+    # kafka.controller_port; the three form one KRaft quorum, so they start in one wave
+    Service("kafka-2", "kafka.port_2", 1, tcp("kafka.port_2"), 120, "Kafka broker 2 (KRaft broker and controller)",
+            ["kafka.controller_port_2"], enabled=lambda settings: settings.kafka.brokers >= 2),
+    Service("kafka-3", "kafka.port_3", 1, tcp("kafka.port_3"), 120, "Kafka broker 3 (KRaft broker and controller)",
+            ["kafka.controller_port_3"], enabled=lambda settings: settings.kafka.brokers >= 3),
     # only with search.backend: opensearch and no search.url of a real cluster
     Service("opensearch", "search.port", 1, opensearch_ok, 180, "catalogue search (single-node OpenSearch)",
             ["search.transport_port"], enabled=lambda s: s.search.backend == "opensearch" and not s.search.url),

@@ -36,7 +36,7 @@ def stack_env(var_dir: Path, shift: int) -> dict[str, str]:
     """The environment of a test stack: its own var dir, every port moved by ``shift``."""
     env = {"FEEDLOOP_VAR_DIR": str(var_dir)}
     env.update({f"FEEDLOOP_{name}": str(port + shift) for name, port in BASE_PORTS.items()})
-    env["FEEDLOOP_KAFKA__BOOTSTRAP"] = f"127.0.0.1:{9092 + shift}"
+    # no FEEDLOOP_KAFKA__BOOTSTRAP: left empty, it names every broker of the profile on the shifted ports
     env["FEEDLOOP_HIVE__METASTORE_URI"] = f"thrift://127.0.0.1:{9083 + shift}"
     # the test stack's deployment override: a shorter search (the shipped 8 trials cost minutes per retrain)
     env["FEEDLOOP_MODEL__TUNE_TRIALS"] = "3"
@@ -45,6 +45,7 @@ def stack_env(var_dir: Path, shift: int) -> dict[str, str]:
 
 TEST_ENV = stack_env(REPO / "var" / "test", PORT_SHIFT)
 os.environ.update(TEST_ENV)
+os.environ.pop("FEEDLOOP_KAFKA__BOOTSTRAP", None)  # a shell's own would point the tests at another stack
 
 
 def leftovers(settings) -> list[str]:
