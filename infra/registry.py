@@ -21,6 +21,8 @@ class Service:
     optional: bool = False  # started only when named (`feedloop up stream-learner`), not by a plain `up`
     # whether the settings ask for this service at all (a cluster member: a second broker, a Spark worker)
     enabled: Callable[[Settings], bool] = lambda settings: True
+    # the services it cannot start without, under these settings: `up` starts them too, and first
+    needs: Callable[[Settings], list[str]] = lambda settings: []
 
     def port(self, settings: Settings) -> int | None:
         return setting_value(settings, self.port_setting) if self.port_setting else None
@@ -29,11 +31,18 @@ class Service:
         return settings.log_dir / f"{self.name}.log"
 
 
+def _metastore_needs(settings: Settings) -> list[str]:
+    from infra.hive import metastore_on_local_postgres
+
+    return ["postgres"] if metastore_on_local_postgres(settings) else []
+
+
 SERVICES: list[Service] = [
     Service("postgres", "postgres.port", 1, postgres_ok, 60, "metadata DB for Airflow and MLflow"),
     Service("redis", "redis.port", 1, redis_ok, 30, "online store: feeds, trending, user state"),
     Service("kafka", "kafka.port", 1, kafka_ok, 120, "event bus (KRaft, single node)", ["kafka.controller_port"]),
-    Service("metastore", "hive.metastore_port", 1, tcp("hive.metastore_port"), 180, "Hive Metastore (Derby behind it)"),
+    Service("metastore", "hive.metastore_port", 1, tcp("hive.metastore_port"), 180,
+            "Hive Metastore (PostgreSQL or Derby behind it)", needs=_metastore_needs),
     Service("thriftserver", "hive.hs2_port", 2, tcp("hive.hs2_port"), 240, "Spark Thrift Server: HiveServer2 protocol"),
     Service("mlflow", "mlflow.port", 2, http("mlflow.port", "/health"), 120, "MLflow tracking server and registry"),
     Service("airflow-api", "airflow.port", 3, http("airflow.port", "/api/v2/version"), 240, "Airflow 3 api-server and UI"),
