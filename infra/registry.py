@@ -38,7 +38,7 @@ def _metastore_needs(settings: Settings) -> list[str]:
 
 
 SERVICES: list[Service] = [
-    Service("postgres", "postgres.port", 1, postgres_ok, 60, "metadata DB for Airflow and MLflow"),
+    Service("postgres", "postgres.port", 1, postgres_ok, 60, "metadata DB for Airflow, MLflow and the Hive metastore"),
     Service("redis", "redis.port", 1, redis_ok, 30, "online store: feeds, trending, user state"),
     Service("kafka", "kafka.port", 1, kafka_ok, 120, "event bus (KRaft, single node)", ["kafka.controller_port"]),
     Service("metastore", "hive.metastore_port", 1, tcp("hive.metastore_port"), 180,
