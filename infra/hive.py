@@ -103,7 +103,16 @@ def metastore_db_props(settings: Settings) -> dict[str, str]:
             "javax.jdo.option.ConnectionUserName": user,
             "javax.jdo.option.ConnectionPassword": password,
             "datanucleus.connectionPoolingType": "HikariCP",  # its jar is in pyspark's; BoneCP's is not
-            "datanucleus.connectionPool.maxPoolSize": str(METASTORE_POOL_SIZE)}
+            "datanucleus.connectionPool.maxPoolSize": str(METASTORE_POOL_SIZE),
+            # Every table created at start, not on first use: DataNucleus creates a missing table on a
+            # connection of its own, and on PostgreSQL the foreign key of a new table (ALTER TABLE "TBL_PRIVS"
+            # ... REFERENCES "TBLS") waits for the lock that the open transaction which needed it holds on
+            # "TBLS" (the first CREATE TABLE over HiveServer2 inserted there): a wait that never ends, which
+            # PostgreSQL cannot see as a deadlock (the other side waits in the JVM), so the first DDL hung
+            # until the client's 10-minute socket timeout. Loading every class of Hive's mapping at start
+            # (package.jdo) creates them all before any transaction runs.
+            "datanucleus.autoStartMechanism": "MetaData",
+            "datanucleus.autoStartMetaDataFiles": "package.jdo"}
 
 
 def write_hive_site(settings: Settings) -> Path:

@@ -47,6 +47,8 @@ def test_a_new_var_dir_gets_the_metastore_on_the_stacks_postgres(isolated):
     assert props["javax.jdo.option.ConnectionPassword"] == "hive-db-password"
     assert props["datanucleus.schema.autoCreateAll"] == "true"
     assert props["hive.metastore.schema.verification"] == "false"
+    # every table at start: one created mid-transaction waited forever on PostgreSQL's locks (infra.hive)
+    assert (props["datanucleus.autoStartMechanism"], props["datanucleus.autoStartMetaDataFiles"]) == ("MetaData", "package.jdo")
     assert BY_NAME["metastore"].needs(settings) == ["postgres"]
     classpath = hive.metastore_classpath(settings, isolated / "pyspark-jars").split(":")
     assert classpath[-1].endswith("postgres-jdbc/postgresql-42.7.4.jar")
