@@ -40,6 +40,7 @@ SECRET_FIELDS = {
     ("mlflow", "admin_password"),
     ("hive", "password"),
     ("hive", "analyst_password"),
+    ("hive", "metastore_db_password"),
     ("dashboard", "admin_password"),
 }
 
@@ -137,6 +138,16 @@ class HiveSettings(_Section):
     metastore_uri: str = "thrift://127.0.0.1:9083"
     metastore_port: int = 9083
     metastore_heap: str = "384m"
+    # Where the metastore keeps its tables (docs/cluster.md, "Hive metastore"). "postgres": the database
+    # metastore_db_name on the stack's PostgreSQL (or at metastore_db_url), owned by metastore_db_user;
+    # "derby": embedded Derby in var/metastore_db, which only the metastore's JVM can open. "auto": postgres,
+    # except in a var dir whose metastore already lives in Derby (kept, with a message: nothing is migrated).
+    metastore_db: Literal["auto", "derby", "postgres"] = "auto"
+    # a JDBC URL of a PostgreSQL database run elsewhere (RDS, Cloud SQL); empty: <postgres.host>:<postgres.port>
+    metastore_db_url: str = ""
+    metastore_db_name: str = "metastore"
+    metastore_db_user: str = "hive"
+    metastore_db_password: str = ""
     hs2_host: str = "127.0.0.1"
     hs2_port: int = 10000
     thrift_heap: str = "1g"
@@ -157,11 +168,18 @@ class HiveSettings(_Section):
 
     _ports = field_validator("metastore_port", "hs2_port")(_check_port)
 
-    @field_validator("user", "analyst_user")
+    @field_validator("user", "analyst_user", "metastore_db_user", "metastore_db_name")
     @classmethod
     def _login_name(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
             raise ValueError(f"expected 1-64 letters, digits, '_', '.' or '-', got {value!r}")
+        return value
+
+    @field_validator("metastore_db_url")
+    @classmethod
+    def _postgres_jdbc_url(cls, value: str) -> str:
+        if value and not value.startswith("jdbc:postgresql://"):
+            raise ValueError(f"expected jdbc:postgresql://host:port/database (or empty), got {value!r}")
         return value
 
     @field_validator("metastore_uri")

@@ -10,7 +10,8 @@ from pathlib import Path
 from feedloop.settings import Settings, get_settings
 from infra.binaries import VENV_BIN, java_bin, postgres_bin, pyspark_home
 from infra.errors import ServiceError
-from infra.hive import HIVE_AUTH_CLASS, METASTORE_LAUNCHER, write_hive_password_file, write_hive_site
+from infra.hive import (HIVE_AUTH_CLASS, METASTORE_LAUNCHER, metastore_classpath, write_hive_password_file,
+                        write_hive_site)
 from infra.kafka_broker import kafka_command, service_node
 from infra.mlflow_auth import mlflow_auth_env, sync_mlflow_admin
 from infra.redis_server import redis_conf
@@ -68,7 +69,7 @@ def service_command(settings: Settings, name: str) -> tuple[list[str], dict[str,
         # Hive 2.3's HiveMetaStore listens on every interface; the launcher binds bind_host.
         argv = [java, f"-Xmx{settings.hive.metastore_heap}", "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={conf_dir / 'log4j2.properties'}", f"-Dderby.system.home={settings.var}",
-                "-cp", f"{conf_dir}:{pyspark_home() / 'jars'}/*",
+                "-cp", metastore_classpath(settings, pyspark_home() / "jars"),
                 str(METASTORE_LAUNCHER), settings.bind_host, str(settings.hive.metastore_port)]
     elif name == "thriftserver":
         from feedloop.sparkconf import spark_env

@@ -67,6 +67,12 @@ if [ ! -f "$os_stamp" ]; then
       -DoutputDirectory="$JARS/opensearch" -DincludeScope=runtime
   touch "$os_stamp"
 fi
+# The Hive metastore's JDBC driver for PostgreSQL (pyspark ships Derby's only); the metastore's classpath adds it.
+if ! ls "$JARS"/postgres-jdbc/postgresql-*.jar >/dev/null 2>&1; then
+  say "resolving the PostgreSQL JDBC driver into $JARS/postgres-jdbc"
+  mvn -q -B -f infra/pom.xml -P metastore-postgres dependency:copy-dependencies \
+      -DoutputDirectory="$JARS/postgres-jdbc" -DincludeScope=runtime -DincludeArtifactIds=postgresql
+fi
 # HiveServer2's password provider (CUSTOM auth), compiled against pyspark's own
 # spark-hive-thriftserver jar; rebuilt when its source or the venv changes.
 auth_stamp="$JARS/hive-auth/.built-$(cat infra/hive-auth/pom.xml infra/hive-auth/src/main/java/io/feedloop/hive/*.java requirements.lock | sha256sum | cut -c1-16)"

@@ -1,4 +1,4 @@
-"""PostgreSQL: the data directory (initdb) and the databases of Airflow and MLflow."""
+"""PostgreSQL: the data directory (initdb) and the databases of Airflow, MLflow and the Hive metastore."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 from feedloop.settings import Settings
 from infra.binaries import postgres_bin
 from infra.errors import ServiceError
+from infra.hive import metastore_db_login, metastore_on_local_postgres
 
 
 def init_cluster(settings: Settings) -> None:
@@ -45,5 +46,25 @@ def create_databases(settings: Settings) -> None:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
             if not cur.fetchone():
                 cur.execute(f'CREATE DATABASE "{db}"')
+        if metastore_on_local_postgres(settings):
+            create_metastore_database(cur, settings)
     conn.close()
+
+
+def create_metastore_database(cur, settings: Settings) -> None:
+    """The metastore's database, owned by its own login role (its password kept in step with the secret).
+
+    The tables themselves are DataNucleus's to create (infra.hive.write_hive_site says why).
+    """
+    from psycopg2 import sql
+
+    user, password = metastore_db_login(settings)
+    if user != settings.postgres.user:  # the feedloop user's password is initdb's, never changed here
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,))
+        verb = sql.SQL("ALTER" if cur.fetchone() else "CREATE")
+        cur.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(verb, sql.Identifier(user), sql.Literal(password)))
+    name = settings.hive.metastore_db_name
+    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+    if not cur.fetchone():
+        cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(user)))
 

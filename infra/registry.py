@@ -23,6 +23,8 @@ class Service:
     # whether the settings ask for this service at all (a cluster member: a second broker, a Spark worker)
     enabled: Callable[[Settings], bool] = lambda settings: True
     port_offset: int = 0  # members sharing one port setting: Spark worker n listens on worker_ui_port + n - 1
+    # the services it cannot start without, under these settings: `up` starts them too, and first
+    needs: Callable[[Settings], list[str]] = lambda settings: []
 
     def port(self, settings: Settings) -> int | None:
         return setting_value(settings, self.port_setting) + self.port_offset if self.port_setting else None
@@ -31,8 +33,14 @@ class Service:
         return settings.log_dir / f"{self.name}.log"
 
 
+def _metastore_needs(settings: Settings) -> list[str]:
+    from infra.hive import metastore_on_local_postgres
+
+    return ["postgres"] if metastore_on_local_postgres(settings) else []
+
+
 SERVICES: list[Service] = [
-    Service("postgres", "postgres.port", 1, postgres_ok, 60, "metadata DB for Airflow and MLflow"),
+    Service("postgres", "postgres.port", 1, postgres_ok, 60, "metadata DB for Airflow, MLflow and the Hive metastore"),
     Service("redis", "redis.port", 1, redis_ok, 30, "online store: feeds, trending, user state"),
     Service("kafka", "kafka.port", 1, kafka_ok, 120, "event bus: Kafka broker 1 (KRaft broker and controller)",
             ["kafka.controller_port"]),
@@ -45,7 +53,8 @@ SERVICES: list[Service] = [
     # only with search.backend: opensearch and no search.url of a real cluster
     Service("opensearch", "search.port", 1, opensearch_ok, 180, "catalogue search (single-node OpenSearch)",
             ["search.transport_port"], enabled=lambda s: s.search.backend == "opensearch" and not s.search.url),
-    Service("metastore", "hive.metastore_port", 1, tcp("hive.metastore_port"), 180, "Hive Metastore (Derby behind it)"),
+    Service("metastore", "hive.metastore_port", 1, tcp("hive.metastore_port"), 180,
+            "Hive Metastore (PostgreSQL or Derby behind it)", needs=_metastore_needs),
     Service("spark-master", "spark.master_ui_port", 1, master_alive, 120, "Spark standalone master",
             ["spark.master_port"], enabled=lambda settings: settings.spark.workers >= 1),
     *[Service(f"spark-worker-{n}", "spark.worker_ui_port", 1, worker_registered(n), 180,

@@ -11,7 +11,7 @@ from pathlib import Path
 from feedloop.settings import Settings, SettingsError, generate_local_secrets, get_settings, profile_file
 from infra.errors import ServiceError
 from infra.health import kafka_ok, postgres_ok
-from infra.hive import apply_ddl
+from infra.hive import apply_ddl, metastore_notice
 from infra.kafka_broker import create_topics, format_storage
 from infra.postgres_db import create_databases, init_cluster
 from infra.preflight import preflight, prepare_dirs
@@ -70,17 +70,19 @@ def up(names: list[str] | None = None, settings: Settings | None = None) -> Sett
     get_settings.cache_clear()
     settings = settings or get_settings()
     services = active(settings)
-    wanted = names or [s.name for s in services if not s.optional]
+    wanted = list(names or [s.name for s in services if not s.optional])
     unknown = [n for n in wanted if n not in {s.name for s in services}]
     if unknown:
         hint = f" (profile {settings.profile}: {', '.join(s.name for s in services)})"
         raise ServiceError(f"unknown service(s) {unknown}; known: {', '.join(BY_NAME)}{hint}")
+    wanted += [need for name in wanted for need in BY_NAME[name].needs(settings) if need not in wanted]
+    if "metastore" in wanted and (notice := metastore_notice(settings)):
+        print(notice, flush=True)
     prepare_dirs(settings)
     preflight(settings, wanted)
     init_cluster(settings)
     format_storage(settings)
     start_supervisord(settings)
-    rpc = supervisor(settings)
     times, running = last_times(settings), process_states(settings)
     numbers = sorted({s.wave for s in services})
     waves = [[s for s in services if s.wave == w and s.name in wanted] for w in numbers]
@@ -98,14 +100,33 @@ def up(names: list[str] | None = None, settings: Settings | None = None) -> Sett
 
             print("  migrating the Airflow database", flush=True)
             airflow_init(settings)
-        for svc in batch:
-            if states.get(svc.name) != "RUNNING":
-                rpc.startProcess(svc.name, False)
-        _wait_healthy(settings, batch, times)
+        _start_wave(settings, batch, states, times)
         _times_file(settings).write_text(json.dumps(times, indent=1, sort_keys=True))
         if wave == 2 and "thriftserver" in wanted:
             apply_ddl(settings)
     return settings
+
+
+def _start_wave(settings: Settings, batch: list[Service], states: dict[str, str], times: dict[str, float]) -> None:
+    """Start a wave's services and wait until they are healthy; one that needs another of the wave (the
+    metastore on the stack's Postgres) starts once that one is healthy and its databases exist."""
+    names = {s.name for s in batch}
+    later = [s for s in batch if names & set(s.needs(settings))]
+    needed = [s for s in batch if any(s.name in svc.needs(settings) for svc in later)]
+    _start(settings, [s for s in batch if s not in later], states)
+    if later:
+        _wait_healthy(settings, needed, times)
+        if "postgres" in {s.name for s in needed}:
+            create_databases(settings)
+        _start(settings, later, states)
+    _wait_healthy(settings, [s for s in batch if s not in needed], times)
+
+
+def _start(settings: Settings, services: list[Service], states: dict[str, str]) -> None:
+    rpc = supervisor(settings)
+    for svc in services:
+        if states.get(svc.name) != "RUNNING":
+            rpc.startProcess(svc.name, False)
 
 
 def _after_wave1(settings: Settings) -> None:

@@ -39,6 +39,7 @@ def test_every_service_has_a_command(monkeypatch, tmp_path):
     monkeypatch.setenv("FEEDLOOP_MLFLOW__ADMIN_PASSWORD", "a-long-password")
     monkeypatch.setenv("FEEDLOOP_HIVE__PASSWORD", "platform-password")
     monkeypatch.setenv("FEEDLOOP_HIVE__ANALYST_PASSWORD", "analyst-password")
+    monkeypatch.setenv("FEEDLOOP_HIVE__METASTORE_DB_PASSWORD", "metastore-db-password")
     settings = load_settings()
     for svc in SERVICES:
         if svc.name.startswith(("airflow-", "kafka")) or svc.name == "opensearch":
@@ -89,6 +90,7 @@ def test_ddl_files_are_idempotent():
 def test_the_metastore_runs_the_launcher_bound_to_the_bind_host(monkeypatch, tmp_path):
     monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
     monkeypatch.setenv("FEEDLOOP_BIND_HOST", "10.1.2.3")
+    monkeypatch.setenv("FEEDLOOP_HIVE__METASTORE_DB_PASSWORD", "metastore-db-password")
     argv, _, _ = commands.service_command(load_settings(), "metastore")
     assert argv[-3:] == [str(hive.METASTORE_LAUNCHER), "10.1.2.3", "9083"]
     assert hive.METASTORE_LAUNCHER.exists()
@@ -96,6 +98,7 @@ def test_the_metastore_runs_the_launcher_bound_to_the_bind_host(monkeypatch, tmp
 
 def test_the_metastore_without_a_jdk_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("FEEDLOOP_HIVE__METASTORE_DB_PASSWORD", "metastore-db-password")
     jre = tmp_path / "jre" / "bin"
     jre.mkdir(parents=True)
     (jre / "java").touch()
@@ -193,6 +196,7 @@ def test_batch_and_streaming_services_run_at_a_lower_cpu_priority(monkeypatch, t
     monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path))
     monkeypatch.setenv("FEEDLOOP_HIVE__PASSWORD", "platform-password")
     monkeypatch.setenv("FEEDLOOP_HIVE__ANALYST_PASSWORD", "analyst-password")
+    monkeypatch.setenv("FEEDLOOP_HIVE__METASTORE_DB_PASSWORD", "metastore-db-password")
     settings = load_settings()
     assert settings.batch_nice == 10
     for name in ("stream-events", "stream-learner", "thriftserver"):
