@@ -48,7 +48,7 @@ SERVICES: list[Service] = [
             "Airflow scheduler (and, under the LocalExecutor, the tasks)"),
     Service("airflow-dag-processor", "", 3, running("airflow-dag-processor"), 120, "Airflow DAG processor"),
     Service("airflow-triggerer", "", 3, running("airflow-triggerer"), 120, "Airflow triggerer"),
-    Service("airflow-worker", "", 3, celery_worker_ok, 180, "Airflow Celery worker: runs the DAGs' tasks",
+    Service("airflow-worker", "", 3, celery_worker_ok, 300, "Airflow Celery worker: runs the DAGs' tasks",
             enabled=celery_executor),
     Service("api", "api.port", 3, http("api.port", "/healthz"), 60, "feed API"),
     Service("dashboard", "dashboard.port", 3, http("dashboard.port", "/healthz"), 60, "live dashboard of the loop"),
