@@ -83,6 +83,7 @@ MARKERS = {
     "kafka": "kafka.Kafka", "metastore": "LoopbackMetastore", "thriftserver": "HiveThriftServer2",
     "redis": "redis-server", "stream-events": "stream-events", "stream-learner": "stream-learner",
     "api": "serve", "airflow-scheduler": "scheduler",
+    "airflow-worker": "feedloop@",  # --celery-hostname feedloop@<host>, kept when Celery retitles the process
 }
 PROGRESS_FILES = {"stream-events": "stream-events.json", "stream-learner": "stream-learner.json"}
 DAG_ID = "feedloop_daily_retrain"

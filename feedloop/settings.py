@@ -271,6 +271,18 @@ class AirflowSettings(_Section):
     admin_password: str = ""
     jwt_secret: str = ""
     parallelism: int = 4
+    # Who runs the tasks. "LocalExecutor": processes of the scheduler (one machine). "CeleryExecutor": the
+    # service airflow-worker (on this host, or the same command on others), fed through a queue in Redis
+    # (redis.host/port/password, database celery_broker_db) with its results in Postgres's airflow DB
+    # (docs/cluster.md, "Airflow"); the cluster profile picks it.
+    executor: Literal["LocalExecutor", "CeleryExecutor"] = "LocalExecutor"
+    worker_concurrency: int = Field(2, ge=1)  # tasks one Celery worker runs at once
+    celery_broker_db: int = Field(1, ge=0)  # Celery's Redis database: never the online store's (redis.db)
+    # a task that sent no heartbeat for this long (its worker or host died) is failed into a retry by the
+    # scheduler; Airflow's default
+    task_heartbeat_timeout_s: int = Field(300, ge=30)
+    # where tasks (on Celery workers of other hosts too) and clients reach the api-server; empty: bind_host
+    api_host: str = ""
 
     _ports = field_validator("port")(_check_port)
 

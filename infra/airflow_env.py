@@ -1,8 +1,9 @@
 """How every Airflow process of feedloop is configured and started.
 
 One function builds the environment (Airflow reads ``AIRFLOW__<SECTION>__<KEY>``),
-so the api-server, scheduler, dag-processor, triggerer and ``airflow db migrate``
-can never disagree about the database, the JWT secret or the dags folder.
+so the api-server, scheduler, dag-processor, triggerer, Celery worker and ``airflow db
+migrate`` can never disagree about the database, the executor, the JWT secret or the
+dags folder.
 Airflow writes a default ``airflow.cfg`` under var/airflow on first start; every
 value that matters is set here through the environment, which wins over that file.
 """
@@ -14,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +32,11 @@ SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_mana
 DAG_REFRESH_INTERVAL_S = 15
 DAG_MIN_FILE_PROCESS_INTERVAL_S = 30
 MIGRATE_TIMEOUT_S = 600
+CELERY = "CeleryExecutor"
+# How long Redis keeps a task that a worker took but never acknowledged before handing it out again.
+# Above the tasks' execution_timeout (2 h, dags/), so a long task is never run twice; a worker that died
+# is handled by Airflow instead (task_heartbeat_timeout_s: the task fails into a retry, a new message).
+CELERY_VISIBILITY_TIMEOUT_S = 6 * 3600
 _WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 
 
@@ -47,7 +54,7 @@ def passwords_file(settings: Settings) -> Path:
 
 def api_url(settings: Settings) -> str:
     """Where clients (and Airflow's own workers) reach the api-server."""
-    host = settings.bind_host
+    host = settings.airflow.api_host or settings.bind_host
     if host in _WILDCARD_HOSTS:
         host = "127.0.0.1"
     if ":" in host:
@@ -71,6 +78,40 @@ def _derived_key(secret: str, purpose: str) -> str:
     return hashlib.sha256(f"feedloop:{purpose}:{secret}".encode()).hexdigest()
 
 
+def metadata_db_url(settings: Settings) -> str:
+    """SQLAlchemy URL of Airflow's metadata DB (also Celery's result backend)."""
+    pg = settings.postgres
+    return (f"postgresql+psycopg2://{quote(pg.user, safe='')}:{quote(pg.password, safe='')}"
+            f"@{pg.host}:{pg.port}/{AIRFLOW_DB}")
+
+
+def celery_broker_url(settings: Settings) -> str:
+    """Celery's broker: the project's Redis, with its login, in a database of Celery's own."""
+    rs, db = settings.redis, settings.airflow.celery_broker_db
+    if db == rs.db:
+        # the online store's readers and `feedloop` tests scan and flush their database
+        raise SettingsError(f"setting airflow.celery_broker_db ({db}) is the online store's redis.db: "
+                            "set FEEDLOOP_AIRFLOW__CELERY_BROKER_DB to another database")
+    login = f"{quote(rs.username, safe='')}:{quote(rs.password, safe='')}@" if rs.password else ""
+    host = f"[{rs.host}]" if ":" in rs.host else rs.host
+    return f"redis://{login}{host}:{rs.port}/{db}"
+
+
+def celery_worker_name() -> str:
+    """This host's worker as Celery names it (the health check pings exactly this one)."""
+    return f"feedloop@{socket.gethostname()}"
+
+
+def celery_conf(settings: Settings) -> dict[str, str]:
+    """The [celery] configuration of every Airflow process (scheduler and workers alike)."""
+    return {
+        "CELERY__BROKER_URL": celery_broker_url(settings),
+        "CELERY__RESULT_BACKEND": f"db+{metadata_db_url(settings)}",
+        "CELERY__WORKER_CONCURRENCY": str(settings.airflow.worker_concurrency),
+        "CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": str(CELERY_VISIBILITY_TIMEOUT_S),
+    }
+
+
 def _fernet_key(secret: str) -> str:
     # Stable across restarts (connections stay readable), derived rather than a
     # second secret to manage; Fernet wants 32 url-safe base64 bytes.
@@ -85,7 +126,6 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     inherited AIRFLOW* variable, and sets all Airflow configuration from settings.
     """
     jwt_secret = _required_secret(settings, "jwt_secret")
-    pg = settings.postgres
     home = airflow_home(settings)
     logs = airflow_log_dir(settings)
     url = api_url(settings)
@@ -95,7 +135,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     path = [p for p in env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep) if p != venv_bin]
     conf = {
         "CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "CORE__EXECUTOR": "LocalExecutor",
+        "CORE__EXECUTOR": settings.airflow.executor,
         "CORE__LOAD_EXAMPLES": "False",
         "CORE__PARALLELISM": str(settings.airflow.parallelism),
         "CORE__MAX_ACTIVE_TASKS_PER_DAG": str(settings.airflow.parallelism),
@@ -106,10 +146,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file(settings)),
         "CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
         "CORE__FERNET_KEY": _fernet_key(jwt_secret),
-        "DATABASE__SQL_ALCHEMY_CONN": (
-            f"postgresql+psycopg2://{quote(pg.user, safe='')}:{quote(pg.password, safe='')}"
-            f"@{pg.host}:{pg.port}/{AIRFLOW_DB}"
-        ),
+        "DATABASE__SQL_ALCHEMY_CONN": metadata_db_url(settings),
+        "SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(settings.airflow.task_heartbeat_timeout_s),
         "API__HOST": settings.bind_host,
         "API__PORT": str(settings.airflow.port),
         "API__WORKERS": "1",
@@ -122,6 +160,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "LOGGING__BASE_LOG_FOLDER": str(logs),
         "LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY": str(logs / "dag_processor"),
     }
+    if settings.airflow.executor == CELERY:
+        conf.update(celery_conf(settings))
     env.update({f"AIRFLOW__{key}": value for key, value in conf.items()})
     env["AIRFLOW_HOME"] = str(home)
     # BashOperator tasks inherit this PATH and must find the venv's `feedloop`.
@@ -158,6 +198,14 @@ def airflow_commands(settings: Settings) -> dict[str, list[str]]:
         "airflow-scheduler": [airflow, "scheduler", "--skip-serve-logs"],
         "airflow-dag-processor": [airflow, "dag-processor"],
         "airflow-triggerer": [airflow, "triggerer", "--skip-serve-logs"],
+        # CeleryExecutor only (registry: enabled). Its tasks are children of the worker, with its
+        # environment (airflow_env, as the scheduler's under the LocalExecutor) and its CPU priority.
+        "airflow-worker": [
+            airflow, "celery", "worker",
+            "--concurrency", str(settings.airflow.worker_concurrency),
+            "--celery-hostname", celery_worker_name(),
+            "--skip-serve-logs",
+        ],
     }
 
 

@@ -19,11 +19,12 @@ from infra.registry import BY_NAME
 
 
 # Services that run at the lower CPU priority settings.batch_nice: batch and streaming work, whose delay costs
-# seconds of freshness, never a failed read. Airflow's tasks inherit the scheduler's priority (the
-# LocalExecutor forks them). The API, Redis, Kafka, Postgres, MLflow and the metastore keep the normal one.
-# Spark workers too: their executors (children, so at the same priority) run the Spark work of every application.
+# seconds of freshness, never a failed read. Airflow's tasks inherit the priority of what starts them: the
+# scheduler (the LocalExecutor forks them) or the Celery worker. The API, Redis, Kafka, Postgres, MLflow and
+# the metastore keep the normal one. Spark workers too: their executors (children, so at the same priority)
+# run the Spark work of every application.
 BACKGROUND = ("stream-events", "stream-learner", "thriftserver", "airflow-scheduler", "airflow-dag-processor",
-              "airflow-triggerer", "spark-worker-1", "spark-worker-2")
+              "airflow-triggerer", "airflow-worker", "spark-worker-1", "spark-worker-2")
 
 
 def spark_submit_conf(settings: Settings, app_name: str, ui_port: int) -> list[str]:

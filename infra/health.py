@@ -97,6 +97,30 @@ def kafka_ok(settings: Settings) -> bool:
     return port_open(settings.bind_host, settings.kafka.port)
 
 
+WORKER_PING_TIMEOUT_S = 2.0
+
+
+def celery_worker_ok(settings: Settings) -> bool:
+    """This host's Celery worker answers a ping over the broker: it consumes the queue, not only runs."""
+    from celery import Celery
+
+    from infra.airflow_env import celery_broker_url, celery_worker_name
+
+    if not port_open(settings.redis.host, settings.redis.port):
+        return False  # at once: kombu's and redis-py's retries take seconds to give up on a closed port
+    name = celery_worker_name()
+    app = Celery(set_as_current=False)
+    app.conf.update(broker_url=celery_broker_url(settings), broker_connection_timeout=1.0,
+                    broker_connection_retry=False, broker_connection_max_retries=0)
+    try:
+        replies = app.control.ping(destination=[name], timeout=WORKER_PING_TIMEOUT_S, limit=1)
+    except Exception:
+        return False
+    finally:
+        app.close()
+    return any(name in reply for reply in replies)
+
+
 def running(name: str) -> Callable[[Settings], bool]:
     def check(settings: Settings) -> bool:
         from infra.supervision import supervisor  # supervision's config lists the services: import it late

@@ -7,8 +7,15 @@ from pathlib import Path
 from typing import Callable
 
 from feedloop.settings import Settings
-from infra.health import http, kafka_ok, opensearch_ok, postgres_ok, redis_ok, running, setting_value, streaming, tcp
+from infra.health import (celery_worker_ok, http, kafka_ok, opensearch_ok, postgres_ok, redis_ok, running,
+                          setting_value, streaming, tcp)
 from infra.spark_cluster import master_alive, worker_registered
+
+
+def celery_executor(settings: Settings) -> bool:
+    """Whether Airflow's tasks go to Celery workers (airflow.executor), so a worker must run."""
+    return settings.airflow.executor == "CeleryExecutor"
+
 
 @dataclass
 class Service:
@@ -63,9 +70,12 @@ SERVICES: list[Service] = [
     Service("thriftserver", "hive.hs2_port", 2, tcp("hive.hs2_port"), 240, "Spark Thrift Server: HiveServer2 protocol"),
     Service("mlflow", "mlflow.port", 2, http("mlflow.port", "/health"), 120, "MLflow tracking server and registry"),
     Service("airflow-api", "airflow.port", 3, http("airflow.port", "/api/v2/version"), 240, "Airflow 3 api-server and UI"),
-    Service("airflow-scheduler", "", 3, running("airflow-scheduler"), 120, "Airflow scheduler (LocalExecutor)"),
+    Service("airflow-scheduler", "", 3, running("airflow-scheduler"), 120,
+            "Airflow scheduler (and, under the LocalExecutor, the tasks)"),
     Service("airflow-dag-processor", "", 3, running("airflow-dag-processor"), 120, "Airflow DAG processor"),
     Service("airflow-triggerer", "", 3, running("airflow-triggerer"), 120, "Airflow triggerer"),
+    Service("airflow-worker", "", 3, celery_worker_ok, 300, "Airflow Celery worker: runs the DAGs' tasks",
+            enabled=celery_executor),
     Service("api", "api.port", 3, http("api.port", "/healthz"), 60, "feed API"),
     Service("dashboard", "dashboard.port", 3, http("dashboard.port", "/healthz"), 60, "live dashboard of the loop"),
     Service("stream-events", "", 3, streaming("stream-events"), 420, "streaming sink Kafka -> Hive events"),

@@ -17,7 +17,11 @@ from tests.integration import conftest as integration
 
 PORT_SHIFT = 14000  # below the ephemeral port range (32768+), clear of the dev, test (+20000) and bench (+10000) stacks
 CLUSTER_ENV = {**integration.stack_env(integration.REPO / "var" / "test-cluster", PORT_SHIFT),
-               "FEEDLOOP_PROFILE": "cluster"}
+               "FEEDLOOP_PROFILE": "cluster",
+               # a task whose worker died is retried after 1 min, not Airflow's 5 (test_dag_on_cluster.py)
+               "FEEDLOOP_AIRFLOW__TASK_HEARTBEAT_TIMEOUT_S": "60",
+               # these tests check the platform, not the model: no hyperparameter search in the DAG's train step
+               "FEEDLOOP_MODEL__TUNE": "false"}
 os.environ.update(CLUSTER_ENV)  # after the integration conftest's import, which set its own stack's
 
 hive_query = integration.hive_query
