@@ -62,16 +62,7 @@ def service_command(settings: Settings, name: str) -> tuple[list[str], dict[str,
 
         argv = service_argv(settings)
     elif name == "metastore":
-        conf_dir = write_hive_site(settings)
-        java = java_bin()
-        if not (Path(java).resolve().parent / "javac").exists():
-            raise ServiceError(f"the metastore's launcher ({METASTORE_LAUNCHER.name}) runs from source, which needs "
-                               f"a JDK, not only a JRE, beside {java}: apt-get install openjdk-17-jdk-headless")
-        # Hive 2.3's HiveMetaStore listens on every interface; the launcher binds bind_host.
-        argv = [java, f"-Xmx{settings.hive.metastore_heap}", "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={conf_dir / 'log4j2.properties'}", f"-Dderby.system.home={settings.var}",
-                "-cp", metastore_classpath(settings, pyspark_home() / "jars"),
-                str(METASTORE_LAUNCHER), settings.bind_host, str(settings.hive.metastore_port)]
+        argv = metastore_argv(settings)
     elif name == "thriftserver":
         from feedloop.sparkconf import spark_env
 
@@ -126,6 +117,20 @@ def service_command(settings: Settings, name: str) -> tuple[list[str], dict[str,
     else:
         raise ServiceError(f"unknown service {name!r}; known: {', '.join(BY_NAME)}")
     return with_priority(settings, name, argv), env, run_as
+
+
+def metastore_argv(settings: Settings) -> list[str]:
+    """The Hive metastore's launcher (infra/metastore), run from source by the JDK's java."""
+    conf_dir = write_hive_site(settings)
+    java = java_bin()
+    if not (Path(java).resolve().parent / "javac").exists():
+        raise ServiceError(f"the metastore's launcher ({METASTORE_LAUNCHER.name}) runs from source, which needs "
+                           f"a JDK, not only a JRE, beside {java}: apt-get install openjdk-17-jdk-headless")
+    # Hive 2.3's HiveMetaStore listens on every interface; the launcher binds bind_host.
+    return [java, f"-Xmx{settings.hive.metastore_heap}", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={conf_dir / 'log4j2.properties'}", f"-Dderby.system.home={settings.var}",
+            "-cp", metastore_classpath(settings, pyspark_home() / "jars"),
+            str(METASTORE_LAUNCHER), settings.bind_host, str(settings.hive.metastore_port)]
 
 
 def with_priority(settings: Settings, name: str, argv: list[str]) -> list[str]:

@@ -9,8 +9,6 @@ for quick reruns while developing).
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import redis
 
 REPO = Path(__file__).resolve().parents[2]
 PORT_SHIFT = 20000

@@ -87,7 +87,9 @@ def test_worker_tasks_get_the_environment_local_executor_tasks_had(stack):
     cluster = {k: v for k, v in cluster.items() if k not in CELERY_KEYS and k != "FEEDLOOP_PROFILE"}
     local = {k: v for k, v in local.items() if k != "FEEDLOOP_PROFILE"}
     differ = {k for k in local.keys() | cluster.keys() if local.get(k) != cluster.get(k)}
-    assert differ == {"AIRFLOW__CORE__EXECUTOR"}
+    # the profile's Spark standalone master is the one other difference: the Spark provider's connection follows it
+    assert differ == {"AIRFLOW__CORE__EXECUTOR", "AIRFLOW_CONN_SPARK_DEFAULT"}
+    assert "spark://" in cluster["AIRFLOW_CONN_SPARK_DEFAULT"] and "local" in local["AIRFLOW_CONN_SPARK_DEFAULT"]
     assert cluster["PYSPARK_PYTHON"] and cluster["FEEDLOOP_AIRFLOW__JWT_SECRET"] == "jwt"
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ast
 import re
-import shutil
 import subprocess
 import time
 import uuid
@@ -29,9 +28,6 @@ from feature_store import catalogue, online
 from feedloop.settings import REPO_ROOT, Settings
 from serving import store as serving_store
 from spark import stream_aggregates as sink
-
-pytestmark = pytest.mark.skipif(not (shutil.which("redis-server") and shutil.which("redis-cli")),
-                                reason="redis-server and redis-cli are installed by `make install`")
 
 CODE_DIRS = ("feedloop", "feature_store", "serving", "spark", "models", "sources", "dags", "infra", "dashboard", "bench")
 MONITOR_LINE = re.compile(r"^[\d.]+ \[\d+ ([^\]]+)\] (.*)$")
