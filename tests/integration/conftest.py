@@ -17,24 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from bench.stacks import shifted_env
+
 REPO = Path(__file__).resolve().parents[2]
 PORT_SHIFT = 20000
-# every port setting of a stack, at its default; a test stack moves them all by one shift
-BASE_PORTS = {
-    "KAFKA__PORT": 9092, "KAFKA__CONTROLLER_PORT": 9093, "HIVE__METASTORE_PORT": 9083, "HIVE__HS2_PORT": 10000,
-    "SPARK__UI_PORT": 4040, "REDIS__PORT": 6379, "POSTGRES__PORT": 5432, "MLFLOW__PORT": 5000,
-    "AIRFLOW__PORT": 8080, "API__PORT": 8000, "DASHBOARD__PORT": 8050,
-    "SEARCH__PORT": 9200, "SEARCH__TRANSPORT_PORT": 9300,
-    "SPARK__MASTER_PORT": 7077, "SPARK__MASTER_UI_PORT": 8090, "SPARK__WORKER_UI_PORT": 8091,
-}
 
 
 def stack_env(var_dir: Path, shift: int) -> dict[str, str]:
-    """The environment of a test stack: its own var dir, every port moved by ``shift``."""
-    env = {"FEEDLOOP_VAR_DIR": str(var_dir)}
-    env.update({f"FEEDLOOP_{name}": str(port + shift) for name, port in BASE_PORTS.items()})
-    # no FEEDLOOP_KAFKA__BOOTSTRAP: left empty, it names every broker of the profile on the shifted ports
-    env["FEEDLOOP_HIVE__METASTORE_URI"] = f"thrift://127.0.0.1:{9083 + shift}"
+    """The environment of a test stack: its own var dir, every port moved by ``shift`` (bench.stacks)."""
+    env = shifted_env(var_dir, shift)
     # the test stack's deployment override: a shorter search (the shipped 8 trials cost minutes per retrain)
     env["FEEDLOOP_MODEL__TUNE_TRIALS"] = "3"
     return env
