@@ -22,6 +22,10 @@ import pytest
 from sources import simulator
 from spark.partitions import partition_rows, wait_for_rows
 
+# the first test of the session: the cluster stack's start (~4-6 min) counts in it, then a whole DAG run with a
+# worker death (60 s to notice) and a metastore restart (~10 min on two cores): past setup.cfg's 900 s
+pytestmark = pytest.mark.timeout(1800)
+
 DAG_ID = "feedloop_daily_retrain"
 DS = "2026-11-24"  # a day no other test writes
 EVENTS = 3000
