@@ -25,10 +25,9 @@ status: ## health of every service
 demo: install ## install, start everything, run the walking skeleton once, print where to look
 	@$(FEEDLOOP) demo $(ARGS)
 
-test: install ## install, then unit tests, integration tests, then the cluster profile's tests, against real services
+test: install ## install, then unit tests and integration tests against real services (`make test-cluster`: the cluster profile's)
 	@$(PYTEST) tests/unit -q
 	@$(PYTEST) tests/integration -q --durations=15
-	@$(PYTEST) tests/cluster -q --durations=10
 
 test-unit: install ## unit tests only (no services)
 	@$(PYTEST) tests/unit -q

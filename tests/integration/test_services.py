@@ -13,15 +13,17 @@ from pathlib import Path
 import psutil
 
 from infra.health import setting_value
-from infra.registry import BY_NAME
+from infra.registry import BY_NAME, active
 from infra.stack import status_rows
 from infra.supervision import supervisor
 
 
 def test_status_shows_every_service_healthy(settings):
     rows = {r["service"]: r for r in status_rows(settings)}
-    # every service a plain `up` starts; optional ones (the online learner) only when started
-    assert set(rows) == {name for name, service in BY_NAME.items() if not service.optional}
+    # every service a plain `up` of this profile starts; optional ones (the online learner) only when started,
+    # and the cluster profile's members (a second broker, Spark workers, a Celery worker) not on one machine
+    assert set(rows) == {service.name for service in active(settings) if not service.optional}
+    assert settings.profile == "single" and not {"kafka-2", "spark-master", "airflow-worker"} & set(rows)
     unhealthy = [name for name, r in rows.items() if not r["healthy"]]
     assert not unhealthy, unhealthy
 
