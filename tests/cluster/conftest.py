@@ -2,7 +2,8 @@
 
 One cluster stack per test session (`FEEDLOOP_PROFILE=cluster`), apart from the integration
 stack: its own state under var/test-cluster and every port shifted by PORT_SHIFT, so it can
-run beside a demo stack. `make test` runs this directory after tests/integration, whose
+run beside a demo stack. `make test-cluster` runs this directory (not `make test`: the two
+together outran CI's 90 minutes; docs/cluster.md); run it after tests/integration, whose
 stack is stopped by then, so the two never hold memory at once. Stopped at the end of the
 session (unless KEEP_TEST_STACK=1).
 """
@@ -46,4 +47,4 @@ def pytest_collection_modifyitems(config, items):
     """The two stacks' environments exclude each other: one pytest session runs one of them."""
     if any("tests/integration/" in item.nodeid for item in items):
         raise pytest.UsageError("tests/cluster and tests/integration need separate pytest sessions "
-                                "(`make test` runs them one after the other)")
+                                "(`make test` and `make test-cluster`)")
