@@ -11,14 +11,7 @@ from infra.kafka_broker import broker_props, format_storage, kafka_config, node_
 from infra.registry import active
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    for name in list(__import__("os").environ):
-        if name.startswith("FEEDLOOP_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("FEEDLOOP_CONFIG", str(tmp_path / "feedloop.yaml"))
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/unit/conftest.py
 
 
 def cluster(monkeypatch, **env):

@@ -12,12 +12,7 @@ from infra.registry import BY_NAME
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    for name in list(__import__("os").environ):
-        if name.startswith("FEEDLOOP_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("FEEDLOOP_CONFIG", str(tmp_path / "feedloop.yaml"))
+def jar_cache(isolated, monkeypatch, tmp_path):
     monkeypatch.setenv("FEEDLOOP_JAR_CACHE", str(tmp_path / "jars"))
     monkeypatch.setenv("FEEDLOOP_POSTGRES__PASSWORD", "feedloop-db-password")
     monkeypatch.setenv("FEEDLOOP_HIVE__METASTORE_DB_PASSWORD", "hive-db-password")

@@ -3,14 +3,7 @@ import pytest
 from feedloop.settings import SettingsError, load_settings
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    for name in list(__import__("os").environ):
-        if name.startswith("FEEDLOOP_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("FEEDLOOP_VAR_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("FEEDLOOP_CONFIG", str(tmp_path / "feedloop.yaml"))
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/unit/conftest.py
 
 
 def test_defaults_are_one_machine_on_loopback():
