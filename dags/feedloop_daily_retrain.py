@@ -1,24 +1,23 @@
 """Daily retrain for {{ ds }}: partition sensor >> features >> training set >> train >>
-baselines >> evaluate and gate >> publish feeds >> report.
+evaluate and gate >> publish feeds >> report, with the baselines beside train .. publish.
 
-Configuration only. The Spark steps go through SparkSubmitOperator (connection
-`spark_default`, whose master feedloop sets from its settings); the others run a
-`feedloop` subcommand. The work and its imports (pyspark, TensorFlow) live there.
+Configuration only. Every step runs a `feedloop` subcommand; the work and its imports
+(pyspark, TensorFlow) live there. The Spark steps are Spark Connect clients of the
+Thrift Server's long-running application, which runs on `spark.master` (a standalone
+cluster in the cluster profile), so no step starts a JVM of its own
+(docs/performance.md, "The daily DAG"); with `spark.connect: false` each starts its own
+driver on `spark.master`, as spark-submit in client mode would.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from pathlib import Path
-
 import pendulum
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.providers.standard.sensors.bash import BashSensor
 from airflow.sdk import CronDataIntervalTimetable, dag
 
-SPARK_JOBS = Path(__file__).resolve().parent.parent / "spark"
 # Every step talks to Spark, the metastore or HiveServer2. A scheduler restart kills the running task, and
 # a metastore restart takes up to minutes on a busy machine (docs/chaos.md): 4 retries, 1, 2, 4 then 8 min
 # apart (15 min in all), outlast both; the Spark jobs' metastore client also waits 2 min itself
@@ -62,22 +61,19 @@ def feedloop_daily_retrain():
         poke_interval=30,
         timeout=timedelta(hours=1),
     )
-    features = SparkSubmitOperator(
-        task_id="features", application=str(SPARK_JOBS / "features.py"), application_args=["--ds", "{{ ds }}"],
-        conn_id="spark_default", name="feedloop-features-{{ ds }}",
-    )
-    training_set = SparkSubmitOperator(
-        task_id="training_set", application=str(SPARK_JOBS / "training_set.py"),
-        application_args=["--ds", "{{ ds }}"], conn_id="spark_default", name="feedloop-training-set-{{ ds }}",
-    )
+    features = BashOperator(task_id="features", bash_command="feedloop features --ds {{ ds }}")
+    training_set = BashOperator(task_id="training_set", bash_command="feedloop training-set --ds {{ ds }}")
     train = BashOperator(task_id="train", bash_command="feedloop train --ds {{ ds }}")
     baselines = BashOperator(task_id="baselines", bash_command="feedloop baselines --ds {{ ds }}")
     evaluate_and_gate = BashOperator(task_id="evaluate_and_gate", bash_command="feedloop gate --ds {{ ds }}")
     publish_feeds = BashOperator(task_id="publish_feeds", bash_command="feedloop publish --ds {{ ds }}")
     report = BashOperator(task_id="report", bash_command="feedloop report --ds {{ ds }}")
 
-    (wait_for_events_partition >> features >> training_set >> train >> baselines >> evaluate_and_gate
-     >> publish_feeds >> report)
+    # The baselines only log runs beside the two-tower one for comparison (the gate does not read them),
+    # so they run beside train, evaluate_and_gate and publish_feeds, and the report waits for both.
+    wait_for_events_partition >> features >> training_set >> [train, baselines]
+    train >> evaluate_and_gate >> publish_feeds >> report
+    baselines >> report
 
 
 feedloop_daily_retrain()

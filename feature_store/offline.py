@@ -28,3 +28,37 @@ def get_spark(app_name: str, with_kafka: bool = False, settings: Settings | None
     spark.sparkContext.setLogLevel("WARN")
     return spark
 
+
+
+def batch_spark(app_name: str, settings: Settings | None = None):
+    """The SparkSession of a batch step (the DAG's, backfills' reads): a Spark Connect client of the Thrift
+    Server's long-running application when ``spark.connect`` is on, else a driver of its own (:func:`get_spark`).
+
+    Measured reason (docs/performance.md, "The daily DAG"): a driver of its own costs each step a JVM and a
+    metastore client, 20-40 s on this machine, for reads and writes of seconds. A server that does not
+    answer fails here at once, with the service to start, rather than in the client's retries.
+    """
+    from feedloop.sparkconf import CONNECT_TOKEN_ENV, connect_url
+    from infra.errors import ServiceError
+
+    settings = settings or get_settings()
+    if not settings.spark.connect:
+        return get_spark(app_name, settings=settings)
+    url = connect_url(settings, app_name)
+    if not settings.spark.connect_url and not _port_open("127.0.0.1", settings.spark.connect_port):
+        raise ServiceError(f"Spark Connect ({url}) does not answer: it runs in the thriftserver service "
+                           "(`feedloop status`, `feedloop up`)")
+    from pyspark.sql import SparkSession
+
+    os.environ[CONNECT_TOKEN_ENV] = settings.spark.connect_token
+    return SparkSession.builder.remote(url).getOrCreate()
+
+
+def _port_open(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False

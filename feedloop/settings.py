@@ -42,6 +42,7 @@ SECRET_FIELDS = {
     ("hive", "analyst_password"),
     ("hive", "metastore_db_password"),
     ("dashboard", "admin_password"),
+    ("spark", "connect_token"),
 }
 
 
@@ -218,8 +219,17 @@ class SparkSettings(_Section):
     aggregates_late_after_s: int = 600  # events older than the newest less this miss the trending windows
     file_max_records: int = 1_000_000  # size target of the sink's Parquet files (rows per file)
     extra_conf: dict[str, str] = Field(default_factory=dict)
+    # Spark Connect in the Thrift Server's application (its spark.plugins): the DAG's batch steps are thin
+    # clients of that long-running driver instead of each starting a JVM and a metastore client of its own
+    # (docs/performance.md, "The daily DAG"). Off: each step runs its own driver on `master`, as spark-submit would.
+    connect: bool = True
+    connect_port: int = 15002
+    # A non-TLS client sends its token only over a local channel, so the client always says "localhost";
+    # a Connect server on another host needs TLS in front (connect_url: sc://host:port/;use_ssl=true).
+    connect_url: str = ""
+    connect_token: str = ""
 
-    _ports = field_validator("ui_port", "master_port", "master_ui_port", "worker_ui_port")(_check_port)
+    _ports = field_validator("ui_port", "master_port", "master_ui_port", "worker_ui_port", "connect_port")(_check_port)
 
     @field_validator("master")
     @classmethod
@@ -365,6 +375,10 @@ class ModelSettings(_Section):
     tune_budget_s: float = 600.0  # ... and no new trial after this many seconds
     tune_every_days: int = 7  # search again when the last search is older (by ds) ...
     tune_catalogue_change: float = 2.0  # ... or the catalogue grew or shrank by this factor
+    # No search (two-tower, ALS grid, EASE λ) on fewer validation pairs than this: the configured parameters.
+    # On the demo's day (292 validation pairs, ~150 users) one NDCG@10 has a standard error of about 0.02,
+    # as wide as the whole spread of its 8 trials (0.102-0.122), so a search there picks noise for 80 s.
+    tune_min_validation_pairs: int = Field(1000, ge=0)
     validation_share: float = 0.2  # share of the training pairs held out for validation
     feed_size: int = 50
     # Per-category segment feeds (the candidates of ?category= on the feed endpoints): this many

@@ -81,3 +81,28 @@ def spark_env(settings: Settings) -> dict[str, str]:
     and block manager ports."""
     return {"SPARK_LOCAL_IP": settings.bind_host}
 
+
+
+CONNECT_PLUGIN = "org.apache.spark.sql.connect.SparkConnectPlugin"
+CONNECT_TOKEN_ENV = "SPARK_CONNECT_AUTHENTICATE_TOKEN"  # read by the server and by pyspark's client
+
+
+def connect_server_conf(settings: Settings) -> dict[str, str]:
+    """Spark Connect as a plugin of the Thrift Server's application (empty when spark.connect is off).
+
+    Its token travels in the environment (connect_server_env), not on the command line.
+    """
+    if not settings.spark.connect:
+        return {}
+    return {"spark.plugins": CONNECT_PLUGIN, "spark.connect.grpc.binding.address": settings.bind_host,
+            "spark.connect.grpc.binding.port": str(settings.spark.connect_port)}
+
+
+def connect_server_env(settings: Settings) -> dict[str, str]:
+    return {CONNECT_TOKEN_ENV: settings.spark.connect_token} if settings.spark.connect else {}
+
+
+def connect_url(settings: Settings, app_name: str) -> str:
+    """The connection string of a thin client; the token goes in the environment (connect_server_env)."""
+    base = settings.spark.connect_url or f"sc://localhost:{settings.spark.connect_port}"
+    return f"{base.rstrip('/')}/;user_agent={app_name}"

@@ -64,7 +64,7 @@ def service_command(settings: Settings, name: str) -> tuple[list[str], dict[str,
     elif name == "metastore":
         argv = metastore_argv(settings)
     elif name == "thriftserver":
-        from feedloop.sparkconf import spark_env
+        from feedloop.sparkconf import connect_server_conf, connect_server_env, spark_env
 
         home = pyspark_home()
         if not settings.hive_auth_jar.exists():
@@ -73,11 +73,13 @@ def service_command(settings: Settings, name: str) -> tuple[list[str], dict[str,
         env["SPARK_HOME"] = str(home)
         env.update(spark_env(settings))
         env["FEEDLOOP_HIVE_PASSWORD_FILE"] = str(write_hive_password_file(settings))
+        env.update(connect_server_env(settings))
         argv = [str(home / "bin" / "spark-submit"), "--master", settings.spark.master,
                 "--driver-memory", settings.hive.thrift_heap, "--name", "feedloop-thriftserver",
                 "--driver-class-path", str(settings.hive_auth_jar),
                 "--class", "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2",
                 *spark_submit_conf(settings, "feedloop-thriftserver", settings.spark.ui_port + 1),
+                *(arg for name, value in connect_server_conf(settings).items() for arg in ("--conf", f"{name}={value}")),
                 "--hiveconf", f"hive.server2.thrift.port={settings.hive.hs2_port}",
                 "--hiveconf", f"hive.server2.thrift.bind.host={settings.hive.hs2_host}",
                 "--hiveconf", "hive.server2.authentication=CUSTOM",

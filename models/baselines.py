@@ -151,13 +151,13 @@ def tune_als(spark, train: pd.DataFrame, item_ids: Sequence[str], split: Split, 
 def main(args) -> int:
     import mlflow
 
-    from feature_store.offline import get_spark
+    from feature_store.offline import batch_spark
     from feedloop.settings import get_settings
-    from models.tuning import validation_split
+    from models.tuning import too_small_to_search, validation_split
 
     settings = get_settings()
     split = validation_split(settings.model.validation_share)  # the train step's protocol
-    spark = get_spark("feedloop-baselines", settings=settings)
+    spark = batch_spark("feedloop-baselines", settings=settings)
     try:
         train, holdout, users, items = read_training_set(spark, args.ds, settings.hive.database)
         item_ids = data.catalogue(items, train, holdout)["item_id"].tolist()
@@ -167,12 +167,15 @@ def main(args) -> int:
         def fit_popularity():
             return popularity(train, holdout, item_ids), {}
 
+        # too little validation data: each grid's first point (the defaults), no search (model settings)
+        small = too_small_to_search(train, split, settings.model)
+
         def fit_ease():
-            lam, trials = tune_ease(train, item_ids, split)
+            lam, trials = tune_ease(train, item_ids, split, lambdas=EASE_LAMBDAS[:1] if small else EASE_LAMBDAS)
             return Ease(train, item_ids).evaluate(holdout, lam), {"lambda": lam, "tuning": trials}
 
         def fit_als():
-            params, trials = tune_als(spark, train, item_ids, split)
+            params, trials = (ALS_GRID[0], []) if small else tune_als(spark, train, item_ids, split)
             return als(spark, train, holdout, item_ids, params), {**params, "maxIter": ALS_ITERATIONS,
                                                                   "tuning": trials}
 

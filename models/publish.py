@@ -291,7 +291,7 @@ def read_publish_inputs(spark, ds: str, database: str) -> tuple[pd.DataFrame, pd
 
 def main(args) -> int:
     """``feedloop publish --ds YYYY-MM-DD``."""
-    from feature_store.offline import get_spark
+    from feature_store.offline import batch_spark
     from models.train import window_start
 
     settings = get_settings()
@@ -299,7 +299,7 @@ def main(args) -> int:
     version, model = load_champion(settings)
     client = batch_redis(settings)
     client.ping()  # fail before the Spark read when Redis is down
-    spark = get_spark("feedloop-publish", settings=settings)
+    spark = batch_spark("feedloop-publish", settings=settings)
     try:
         users, items, recent = read_publish_inputs(spark, args.ds, settings.hive.database)
     finally:

@@ -438,11 +438,11 @@ def read_training_set(spark, ds: str, database: str):
 
 
 def _inputs(ds: str, app: str):
-    from feature_store.offline import get_spark
+    from feature_store.offline import batch_spark
 
     settings = get_settings()
     window_start(ds)  # fail on a bad date before starting Spark
-    spark = get_spark(app, settings=settings)
+    spark = batch_spark(app, settings=settings)
     try:
         return settings, read_training_set(spark, ds, settings.hive.database)
     finally:

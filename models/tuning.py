@@ -76,6 +76,17 @@ def validation_split(share: float, seed: int = 0, by_time: bool = True) -> Split
     return lambda pairs: data.random_split(pairs, share, seed)
 
 
+def too_small_to_search(train: pd.DataFrame, split: Split, model_settings, log: Callable[[str], None] = print
+                        ) -> bool:
+    """Whether the validation split has fewer pairs than ``tune_min_validation_pairs`` (then: no search)."""
+    n = len(split(train)[1])
+    if n >= model_settings.tune_min_validation_pairs:
+        return False
+    log(f"tuning: {n:,} validation pairs < model.tune_min_validation_pairs "
+        f"({model_settings.tune_min_validation_pairs:,}): no search, the configured parameters")
+    return True
+
+
 def fit(train: pd.DataFrame, user_features: pd.DataFrame, catalogue: pd.DataFrame, params: dict,
         log: Callable[[str], None] = print, on_epoch=None):
     """A TwoTower trained with ``params``; returns ``(model, losses)``."""
@@ -172,7 +183,8 @@ def train_shipped(train: pd.DataFrame, user_features: pd.DataFrame, catalogue: p
     if reuse is not None:
         params = with_overrides(base, reuse)
         log(f"tuning: reusing a recent search's choice {reuse}")
-    elif model_settings.tune and model_settings.tune_trials > 0:
+    elif (model_settings.tune and model_settings.tune_trials > 0
+          and not too_small_to_search(train, split, model_settings, log)):
         result = search(train, user_features, catalogue, base, split, model_settings.tune_trials,
                         model_settings.tune_budget_s, seed=model_settings.seed, log=log)
         params = result.params

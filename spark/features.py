@@ -138,13 +138,13 @@ def parse_ds(argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from feature_store.offline import get_spark
+    from feature_store.offline import batch_spark
     from feedloop.settings import get_settings
 
     ds = parse_ds(sys.argv[1:] if argv is None else argv)
     settings = get_settings()
     db = settings.hive.database
-    spark = get_spark("feedloop-features", settings=settings)
+    spark = batch_spark("feedloop-features", settings=settings)
     events = read_window(spark, db, ds).cache()
     users, items = spark.table(f"{db}.users"), spark.table(f"{db}.items")
     overwrite_partition(user_features(events, users, items, ds), f"{db}.user_features")

@@ -45,13 +45,13 @@ def training_examples(events: DataFrame, ds: str, holdout_share: float = HOLDOUT
 
 
 def main(argv: list[str] | None = None) -> int:
-    from feature_store.offline import get_spark
+    from feature_store.offline import batch_spark
     from feedloop.settings import get_settings
 
     ds = parse_ds(sys.argv[1:] if argv is None else argv)
     settings = get_settings()
     db = settings.hive.database
-    spark = get_spark("feedloop-training-set", settings=settings)
+    spark = batch_spark("feedloop-training-set", settings=settings)
     overwrite_partition(training_examples(read_window(spark, db, ds), ds), f"{db}.training_examples")
     counts = {r.split: r["count"] for r in
               spark.table(f"{db}.training_examples").where(F.col("dt") == ds).groupBy("split").count().collect()}
