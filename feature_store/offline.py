@@ -39,14 +39,13 @@ def batch_spark(app_name: str, settings: Settings | None = None):
     answer fails here at once, with the service to start, rather than in the client's retries.
     """
     from feedloop.sparkconf import CONNECT_TOKEN_ENV, connect_url
-    from infra.errors import ServiceError
 
     settings = settings or get_settings()
     if not settings.spark.connect:
         return get_spark(app_name, settings=settings)
     url = connect_url(settings, app_name)
     if not settings.spark.connect_url and not _port_open("127.0.0.1", settings.spark.connect_port):
-        raise ServiceError(f"Spark Connect ({url}) does not answer: it runs in the thriftserver service "
+        raise ConnectionError(f"Spark Connect ({url}) does not answer: it runs in the thriftserver service "
                            "(`feedloop status`, `feedloop up`)")
     from pyspark.sql import SparkSession
 

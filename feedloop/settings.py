@@ -151,7 +151,7 @@ class HiveSettings(_Section):
     metastore_db_password: str = ""
     hs2_host: str = "127.0.0.1"
     hs2_port: int = 10000
-    thrift_heap: str = "1g"
+    thrift_heap: str = "1536m"  # it also runs the batch steps (spark.connect): their reads and ALS
     database: str = "feedloop"
     # HiveServer2 logins (CUSTOM auth, infra/hive-auth): the platform's own account and
     # one for analysts (beeline, PyHive); both passwords are secrets.

@@ -40,6 +40,11 @@ class Service:
         return settings.log_dir / f"{self.name}.log"
 
 
+def _thriftserver_health(settings: Settings) -> bool:
+    """HiveServer2 answers, and so does Spark Connect when the batch steps use it."""
+    return tcp("hive.hs2_port")(settings) and (not settings.spark.connect or tcp("spark.connect_port")(settings))
+
+
 def _metastore_needs(settings: Settings) -> list[str]:
     from infra.hive import metastore_on_local_postgres
 
@@ -67,7 +72,9 @@ SERVICES: list[Service] = [
     *[Service(f"spark-worker-{n}", "spark.worker_ui_port", 1, worker_registered(n), 180,
               f"Spark standalone worker {n} (executors of every Spark application)",
               enabled=lambda settings, n=n: settings.spark.workers >= n, port_offset=n - 1) for n in (1, 2)],
-    Service("thriftserver", "hive.hs2_port", 2, tcp("hive.hs2_port"), 240, "Spark Thrift Server: HiveServer2 protocol"),
+    Service("thriftserver", "hive.hs2_port", 2, _thriftserver_health, 240,
+            "Spark Thrift Server: HiveServer2 protocol, and Spark Connect for the batch steps (spark.connect)",
+            extra_ports=["spark.connect_port"]),
     Service("mlflow", "mlflow.port", 2, http("mlflow.port", "/health"), 120, "MLflow tracking server and registry"),
     Service("airflow-api", "airflow.port", 3, http("airflow.port", "/api/v2/version"), 240, "Airflow 3 api-server and UI"),
     Service("airflow-scheduler", "", 3, running("airflow-scheduler"), 120,
