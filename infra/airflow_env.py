@@ -166,12 +166,13 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     env["AIRFLOW_HOME"] = str(home)
     # BashOperator tasks inherit this PATH and must find the venv's `feedloop`.
     env["PATH"] = os.pathsep.join([venv_bin, *path])
-    # SparkSubmitOperator's connection: the master comes from the feedloop settings,
-    # so the same DAG submits to local[*] here and to a cluster by configuration.
+    # The Spark provider's connection for DAGs that use SparkSubmitOperator: the master comes from the feedloop
+    # settings, so such a DAG submits to local[*] here and to a cluster by configuration (feedloop's own
+    # steps are `feedloop` commands that read the same settings).
     env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({"conn_type": "spark", "host": settings.spark.master})
     env["PYSPARK_PYTHON"] = sys.executable
     env["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    # SparkSubmitOperator's spark-submit starts the driver's JVM before the job's get_spark runs
+    # a step with a driver of its own (spark.connect false) starts its JVM from the task
     env.update(spark_env(settings))
     # tasks log in to MLflow (feedloop commands also do it themselves, through settings.mlflow_uri)
     env.update(mlflow_client_env(settings))
