@@ -20,8 +20,8 @@ from airflow.sdk import CronDataIntervalTimetable, dag
 
 # Every step talks to Spark, the metastore or HiveServer2. A scheduler restart kills the running task, and
 # a metastore restart takes up to minutes on a busy machine (docs/chaos.md): 4 retries, 1, 2, 4 then 8 min
-# apart (15 min in all), outlast both; the Spark jobs' metastore client also waits 2 min itself
-# (settings.hive.metastore_connect_retries). A step that still fails is truly broken and fails the run.
+# apart (15 min in all), outlast both; a step with a driver of its own (spark.connect false) also waits 2 min
+# in its metastore client (settings.hive.metastore_connect_retries). A step that still fails is truly broken and fails the run.
 DEFAULT_ARGS = {
     "owner": "feedloop",
     "retries": 4,

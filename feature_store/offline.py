@@ -29,7 +29,6 @@ def get_spark(app_name: str, with_kafka: bool = False, settings: Settings | None
     return spark
 
 
-
 def batch_spark(app_name: str, settings: Settings | None = None):
     """The SparkSession of a batch step (the DAG's, backfills' reads): a Spark Connect client of the Thrift
     Server's long-running application when ``spark.connect`` is on, else a driver of its own (:func:`get_spark`).
@@ -44,7 +43,7 @@ def batch_spark(app_name: str, settings: Settings | None = None):
     if not settings.spark.connect:
         return get_spark(app_name, settings=settings)
     url = connect_url(settings, app_name)
-    if not settings.spark.connect_url and not _port_open("127.0.0.1", settings.spark.connect_port):
+    if not settings.spark.connect_url and not _port_open(settings.bind_host, settings.spark.connect_port):
         raise ConnectionError(f"Spark Connect ({url}) does not answer: it runs in the thriftserver service "
                            "(`feedloop status`, `feedloop up`)")
     from pyspark.sql import SparkSession
