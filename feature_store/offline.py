@@ -37,26 +37,17 @@ def batch_spark(app_name: str, settings: Settings | None = None):
     metastore client, 20-40 s on this machine, for reads and writes of seconds. A server that does not
     answer fails here at once, with the service to start, rather than in the client's retries.
     """
+    from feedloop.clients import port_open
     from feedloop.sparkconf import CONNECT_TOKEN_ENV, connect_url
 
     settings = settings or get_settings()
     if not settings.spark.connect:
         return get_spark(app_name, settings=settings)
     url = connect_url(settings, app_name)
-    if not settings.spark.connect_url and not _port_open(settings.bind_host, settings.spark.connect_port):
+    if not settings.spark.connect_url and not port_open(settings.bind_host, settings.spark.connect_port, timeout=2):
         raise ConnectionError(f"Spark Connect ({url}) does not answer: it runs in the thriftserver service "
                            "(`feedloop status`, `feedloop up`)")
     from pyspark.sql import SparkSession
 
     os.environ[CONNECT_TOKEN_ENV] = settings.spark.connect_token
     return SparkSession.builder.remote(url).getOrCreate()
-
-
-def _port_open(host: str, port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return True
-    except OSError:
-        return False

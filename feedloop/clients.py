@@ -7,11 +7,23 @@ timeouts, logins and delivery guarantees are the same everywhere.
 
 from __future__ import annotations
 
+import socket
+
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from feedloop.settings import Settings
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts a TCP connection there (health checks, and a fast failure before a client's
+    own retries)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 class LoginRefused(RuntimeError):

@@ -82,7 +82,6 @@ def spark_env(settings: Settings) -> dict[str, str]:
     return {"SPARK_LOCAL_IP": settings.bind_host}
 
 
-
 CONNECT_PLUGIN = "org.apache.spark.sql.connect.SparkConnectPlugin"
 CONNECT_TOKEN_ENV = "SPARK_CONNECT_AUTHENTICATE_TOKEN"  # read by the server and by pyspark's client
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 from typing import Callable
 
+from feedloop.clients import port_open
 from feedloop.settings import Settings
 
 
@@ -15,14 +15,6 @@ def setting_value(settings: Settings, dotted: str):
     for part in dotted.split("."):
         value = getattr(value, part)
     return value
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
