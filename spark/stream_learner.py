@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from feature_store.offline import get_spark
 from feedloop.settings import get_settings
-from models.online_service import LEARN_TYPES, LearnerSink
+from models.online_service import LEARN_TYPES, ChampionCache, LearnerSink, WarmUp
 from spark.resilient import heartbeat_listener, kafka_answers, run_resilient
 from spark.stream_events import checkpoint_dir
 
@@ -20,11 +20,14 @@ TRIGGER_S = 2
 
 def main(args) -> int:
     settings = get_settings()
+    # TensorFlow and the champion's towers load in a thread while the JVM starts (models.online_service.WarmUp)
+    warm_up = WarmUp(settings, ChampionCache(settings.var / "online"))
     spark = get_spark(APP_NAME, with_kafka=True, settings=settings)
     spark.conf.set("spark.sql.shuffle.partitions", "2")
     k = settings.kafka
-    sink = LearnerSink(spark, settings)
-    spark.streams.addListener(heartbeat_listener(settings, "stream-learner"))
+    sink = LearnerSink(spark, settings, warm_up=warm_up)
+    listener = heartbeat_listener(settings, "stream-learner")
+    spark.streams.addListener(listener)
 
     def start() -> list:
         reader = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", k.bootstrap)
@@ -45,6 +48,8 @@ def main(args) -> int:
     else:  # a Kafka outage: wait for it and restart the query here (spark.resilient)
         run_resilient(spark, start, settings, "stream-learner", log=lambda m: print(m, flush=True),
                       checks={"kafka": lambda: kafka_answers(settings), "metastore": lambda: True})
+    spark.streams.removeListener(listener)  # no callback into a Python that is exiting
+    warm_up.join()  # never exit in the middle of its imports
     t = sink.totals
     print(f"stream-learner done: {t['batches']} batches, {t['events']} click/dwell events, {t['accepted']} updates "
           f"accepted, {t['refused']} refused, {t['reset']} resets to the champion, {t['published']} segment feeds "

@@ -272,3 +272,28 @@ def test_a_reset_restores_the_champions_weights_exactly_and_stops_learning_at_th
     assert after and all(r.halted and r.reason.startswith("not learned: halted") for r in after)
     resumed = _learner(champion, resume=learner.state())  # a restart stays stopped, and keeps the alert
     assert resumed.halted and resumed.alert == learner.alert and not resumed.update(_present(champion, 4)[0]).accepted
+
+
+def test_the_champion_cache_restores_towers_and_training_set_exactly_and_keeps_one_champion(champion, tmp_path):
+    """A learner restart reads the champion's towers and day from var/online/champion/ (models.online_service):
+    the same weights and frames as were written, and nothing of another champion (a new version, or a rebuilt
+    registry whose version numbers start again under another run id)."""
+    from types import SimpleNamespace
+
+    from models.online_service import ChampionCache
+
+    model, train, holdout, user_features, catalogue = champion
+    cache = ChampionCache(tmp_path)
+    first = SimpleNamespace(name="m", version="3", run_id="r1", tags={"ds": "2026-12-01"})
+    frames = (train, holdout, catalogue.head(3), catalogue)
+    cache._write(first, "towers", lambda tmp: model.save(tmp))
+    cache._write(first, "training_set", lambda tmp: (tmp.mkdir(), [f.to_parquet(tmp / f"{t}.parquet", index=False)
+                                                                   for t, f in zip(cache.TABLES, frames)]))
+    # cached: no registry, no Spark (None) is asked
+    assert all(np.array_equal(a, b) for a, b in zip(_towers(cache.towers(first)), _towers(model)))
+    for got, written in zip(cache.training_set(None, first, "feedback"), frames):
+        pd.testing.assert_frame_equal(got, written.reset_index(drop=True))
+    assert not list(tmp_path.rglob(".*.tmp"))  # written under a temporary name, then renamed
+    rebuilt = SimpleNamespace(name="m", version="3", run_id="r2", tags={"ds": "2026-12-02"})
+    cache._write(rebuilt, "towers", lambda tmp: model.save(tmp))
+    assert [p.name for p in (tmp_path / "champion").iterdir()] == [ChampionCache.key(rebuilt)]  # one champion
