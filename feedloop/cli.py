@@ -165,7 +165,7 @@ def warm_loop(settings, ds: str, events: int, champion: str, learner: bool) -> d
     print(f"champion version {champion} serves the feeds: skipping the retrain "
           "(`feedloop demo --retrain`, or `make demo ARGS=--retrain`, runs it)", flush=True)
     rows = simulate_and_land(settings, ds, events, "4", catalogue=False)
-    start_learner(settings, "3/4", learner)
+    start_learner(settings, "3/4", learner, wait=False)  # the feed is served already: nothing waits for it
     print("[4/4] reading a feed from the API", flush=True)
     feed = fetch_json(f"http://{settings.bind_host}:{settings.api.port}/v1/feeds/users/u000001?limit=5")
     return {"rows": rows, "feed": feed}
@@ -205,11 +205,18 @@ def demo(args) -> int:
     return 0
 
 
-def start_learner(settings, step: str, wanted: bool) -> None:
-    from infra.stack import up
+def start_learner(settings, step: str, wanted: bool, wait: bool = True) -> None:
+    """Start the online learner; ``wait=False`` (the warm demo) leaves its Spark start (about 30 s) to run
+    behind the rest of the demo instead of waiting for its health."""
+    from infra.stack import start_in_background, up
 
     if not wanted:
         print(f"[{step}] online learner left stopped (--no-learner; `feedloop up stream-learner` starts it)", flush=True)
+        return
+    if not wait:
+        eta = start_in_background(["stream-learner"], settings)
+        print(f"[{step}] starting the online learner on the champion in the background"
+              f"{f' (up in about {eta:.0f}s, as last time)' if eta else ''}; `feedloop status` shows it", flush=True)
         return
     print(f"[{step}] starting the online learner on the champion (feedloop up stream-learner)", flush=True)
     up(["stream-learner"], settings)

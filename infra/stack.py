@@ -122,6 +122,16 @@ def _start_wave(settings: Settings, batch: list[Service], states: dict[str, str]
     _wait_healthy(settings, [s for s in batch if s not in needed], times)
 
 
+def start_in_background(names: list[str], settings: Settings) -> float | None:
+    """Start the named services (their prerequisites already up) without waiting for their health; the
+    seconds their last start took to become healthy, None when unknown. `feedloop status` shows them."""
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise ServiceError(f"unknown service(s) {unknown}; known: {', '.join(BY_NAME)}")
+    _start(settings, [BY_NAME[n] for n in names], process_states(settings))
+    return wave_eta(last_times(settings), [[BY_NAME[n] for n in names]])
+
+
 def _start(settings: Settings, services: list[Service], states: dict[str, str]) -> None:
     rpc = supervisor(settings)
     for svc in services:
