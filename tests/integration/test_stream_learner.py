@@ -58,6 +58,7 @@ def _caught_up(settings) -> bool:
     last committed batch's) reach Kafka's end offsets in every partition."""
     from confluent_kafka import Consumer, TopicPartition
 
+    from dashboard.snapshot import query_lag
     from feedloop.progress import committed_partition_offsets
 
     topic = settings.kafka.events_topic
@@ -71,7 +72,7 @@ def _caught_up(settings) -> bool:
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
     finally:
         consumer.close()
-    return all(committed.get(p, 0) >= end for p, end in ends.items())
+    return query_lag(ends, committed) == 0  # the dashboard's consumer-lag arithmetic
 
 
 def _from_the_present(settings) -> None:
