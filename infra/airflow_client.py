@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from feedloop.eta import Steps
 from feedloop.settings import Settings, get_settings
 from infra.airflow_env import airflow_log_dir, api_url
 
@@ -329,7 +330,7 @@ def backfill(settings: Settings, dag_id: str, start: date, end: date, max_active
         })
         print(f"backfill {created.get('id')} of {dag_id}: {len(days)} days {start}..{end}, "
               f"{max_active_runs} at a time; UI {client.base_url}/dags/{dag_id}", flush=True)
-        started, last = time.monotonic(), ""
+        steps, last = Steps("backfill", len(days), out=sys.stdout), ""
         while True:
             states = {}
             for day in days:
@@ -337,12 +338,11 @@ def backfill(settings: Settings, dag_id: str, start: date, end: date, max_active
                 latest = max(runs, key=lambda run: run.get("run_after") or "", default=None)
                 states[day.isoformat()] = latest["state"] if latest else "none"
             done = sum(state in FINISHED for state in states.values())
-            line = f"{done}/{len(days)} days done: " + ", ".join(
-                f"{n} {state}" for state, n in sorted(Counter(states.values()).items()))
-            if line != last:
-                print(f"[{time.monotonic() - started:5.0f}s] {line}", flush=True)
+            line = ", ".join(f"{n} {state}" for state, n in sorted(Counter(states.values()).items()))
+            if line != last:  # days done of all, elapsed and the ETA from the days done so far
+                steps.at(done, line)
                 last = line
-            if done == len(days) or time.monotonic() - started > timeout:
+            if done == len(days) or steps.elapsed() > timeout:
                 return states
             time.sleep(POLL_INTERVAL_S)
 
