@@ -368,11 +368,19 @@ class ModelSettings(_Section):
     batch_size: int = 1024
     learning_rate: float = 0.002
     final_learning_rate: float | None = None  # None: constant; else linear decay to it over the epochs
+    # Fewer epochs on big days: at most this many examples (epochs x training pairs, at least 2 epochs; the
+    # averaged epochs shrink in proportion; 0: no cap). ML-100K's 24 epochs (~1.8M examples) fit under it,
+    # so the benchmarked configuration is what ships there; a 1M-event day (~345k pairs) trains 5 epochs,
+    # which keeps its DAG run near its former 5.5 min instead of ~15 (docs/performance.md).
+    train_max_examples: int = Field(2_000_000, ge=0)
     # Tuning on validation data (models.tuning): an Optuna search (TPE, the defaults above as its
     # first trial) on a validation split carved out of the training pairs, never the holdout.
     tune: bool = True
     tune_trials: int = 8  # at most this many configurations ...
-    tune_budget_s: float = 600.0  # ... and no new trial after this many seconds
+    tune_budget_s: float = 600.0  # ... and no trial that would end after this many seconds (by the longest so far)
+    # Trials on a day with more training pairs than this run on a seeded sample of its users with about this
+    # many pairs (ML-100K's size, where the search space was set): a trial then costs what it costs there.
+    tune_max_pairs: int = Field(100_000, ge=0)
     tune_every_days: int = 7  # search again when the last search is older (by ds) ...
     tune_catalogue_change: float = 2.0  # ... or the catalogue grew or shrank by this factor
     # No search (two-tower, ALS grid, EASE λ) on fewer validation pairs than this: the configured parameters.

@@ -18,7 +18,9 @@ learner. So the figure the benchmark reports is the figure of the model the DAG 
 The search space is small on purpose: the knobs that moved NDCG@10 on validation in
 docs/model.md (epochs, learning rate, embedding size, softmax temperature, logQ weight,
 history dropout). Each trial is a whole training run, so the budget is counted in trials
-and seconds (``model.tune_trials``, ``model.tune_budget_s``).
+and seconds (``model.tune_trials``, ``model.tune_budget_s``, the running trial included),
+and on a day bigger than ``model.tune_max_pairs`` the trials run on a sample of its users.
+Every fit stops at ``model.train_max_examples`` (epochs x pairs).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from models import data
 
 K = 10
 METRIC = f"ndcg{K}"
-TRAINING_FIELDS = ("epochs", "batch_size", "learning_rate", "final_learning_rate")
+TRAINING_FIELDS = ("epochs", "batch_size", "learning_rate", "final_learning_rate", "train_max_examples")
 
 Split = Callable[[pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame]]
 
@@ -92,11 +94,40 @@ def fit(train: pd.DataFrame, user_features: pd.DataFrame, catalogue: pd.DataFram
     """A TwoTower trained with ``params``; returns ``(model, losses)``."""
     from models.two_tower import TowerConfig, TwoTower
 
-    model = TwoTower(TowerConfig(**params["config"]))
-    losses = model.fit(train, user_features, catalogue, params["epochs"], params["batch_size"],
+    epochs, config = capped_epochs(params, len(train), log)
+    model = TwoTower(TowerConfig(**config))
+    losses = model.fit(train, user_features, catalogue, epochs, params["batch_size"],
                        params["learning_rate"], on_epoch=on_epoch, log=log,
                        final_learning_rate=params.get("final_learning_rate"))
     return model, losses
+
+
+def capped_epochs(params: dict, n_pairs: int, log: Callable[[str], None] = print) -> tuple[int, dict]:
+    """``(epochs, config)`` under ``train_max_examples``: the epochs cut so that epochs x pairs stays within
+    it (at least 2), and ``average_epochs`` cut in the same proportion. 0 or absent: no cap."""
+    epochs, config, cap = params["epochs"], params["config"], params.get("train_max_examples") or 0
+    if cap <= 0 or epochs * n_pairs <= cap:
+        return epochs, config
+    capped = max(2, cap // max(n_pairs, 1))
+    if capped >= epochs:
+        return epochs, config
+    average = config.get("average_epochs", 0)
+    config = {**config, "average_epochs": min(average, max(1, round(average * capped / epochs))) if average else 0}
+    log(f"train: {epochs} epochs x {n_pairs:,} pairs > model.train_max_examples ({cap:,}): {capped} epochs, "
+        f"averaging the last {config['average_epochs']}")
+    return capped, config
+
+
+def tuning_sample(pairs: pd.DataFrame, max_pairs: int, seed: int = 0) -> pd.DataFrame:
+    """The pairs of a seeded random share of the users, about ``max_pairs`` of them (all when fewer or 0):
+    what the search's trials train and validate on, so that a trial costs about as much on a big day as on
+    ML-100K (where the search space was set), whatever the day's size."""
+    if max_pairs <= 0 or len(pairs) <= max_pairs:
+        return pairs
+    users = pairs["user_id"].unique()
+    rng = np.random.default_rng(seed)
+    keep = rng.permutation(users)[:max(1, int(len(users) * max_pairs / len(pairs)))]
+    return pairs[pairs["user_id"].isin(set(keep))]
 
 
 def suggest(trial, base: dict) -> dict:
@@ -135,13 +166,19 @@ class SearchResult:
 
 
 def search(train: pd.DataFrame, user_features: pd.DataFrame, catalogue: pd.DataFrame, base: dict, split: Split,
-           trials: int, budget_s: float, seed: int = 0, log: Callable[[str], None] = print) -> SearchResult:
-    """Choose training parameters on a validation split of ``train``: at most ``trials`` trials, no new one
-    after ``budget_s`` seconds; the first trial is ``base``. Each trial trains on ``train`` minus the
-    validation pairs and is scored by NDCG@10 on them."""
+           trials: int, budget_s: float, seed: int = 0, log: Callable[[str], None] = print,
+           max_pairs: int = 0) -> SearchResult:
+    """Choose training parameters on a validation split of ``train`` (of :func:`tuning_sample`'s users when
+    ``train`` has more than ``max_pairs``): at most ``trials`` trials, and none that would end after
+    ``budget_s`` seconds by the trials so far (the first trial, ``base``, always runs). Each trial trains
+    on the sample minus the validation pairs and is scored by NDCG@10 on them."""
     import optuna
 
-    fit_part, validation = split(train)
+    sample = tuning_sample(train, max_pairs, seed)
+    if len(sample) < len(train):
+        log(f"tuning: trials on {sample['user_id'].nunique():,} users' {len(sample):,} pairs of {len(train):,} "
+            f"(model.tune_max_pairs {max_pairs:,})")
+    fit_part, validation = split(sample)
     if fit_part.empty or validation.empty:
         log("tuning: too few pairs for a validation split; keeping the configured parameters")
         return SearchResult(params=base, base_score=float("nan"), best_score=float("nan"))
@@ -164,7 +201,16 @@ def search(train: pd.DataFrame, user_features: pd.DataFrame, catalogue: pd.DataF
             f"({records[-1]['seconds']} s)")
         return score
 
-    study.optimize(objective, n_trials=trials, timeout=budget_s)
+    def within_budget(study, _trial) -> None:
+        # the budget counts the trial that would run next: stop when one more, as long as the longest so
+        # far, would end after it (Optuna's own timeout only stops starting trials, and lets the last run over)
+        if time.perf_counter() - started + max(r["seconds"] for r in records) > budget_s:
+            if len(records) < trials:
+                log(f"tuning: stopping after {len(records)} trials: another would end past "
+                    f"model.tune_budget_s ({budget_s:.0f} s)")
+            study.stop()
+
+    study.optimize(objective, n_trials=trials, callbacks=[within_budget])
     best = records[int(np.argmax([r["value"] for r in records]))]
     result = SearchResult(params=with_overrides(base, best["params"]), base_score=records[0]["value"],
                           best_score=best["value"], trials=records, seconds=time.perf_counter() - started,
@@ -186,7 +232,8 @@ def train_shipped(train: pd.DataFrame, user_features: pd.DataFrame, catalogue: p
     elif (model_settings.tune and model_settings.tune_trials > 0
           and not too_small_to_search(train, split, model_settings, log)):
         result = search(train, user_features, catalogue, base, split, model_settings.tune_trials,
-                        model_settings.tune_budget_s, seed=model_settings.seed, log=log)
+                        model_settings.tune_budget_s, seed=model_settings.seed, log=log,
+                        max_pairs=model_settings.tune_max_pairs)
         params = result.params
     else:
         params = base

@@ -97,6 +97,47 @@ def test_search_starts_from_the_settings_and_keeps_the_best_validation_score():
     assert result.params == tuning.with_overrides(base, result.trials[result.best_trial]["params"])
 
 
+def test_big_days_train_fewer_epochs_under_the_examples_cap():
+    params = tuning.with_overrides(tuning.base_params(ModelSettings()), {"epochs": 24, "average_epochs": 10,
+                                                                         "train_max_examples": 2_000_000})
+    assert tuning.capped_epochs(params, 75_000, print) == (24, params["config"])  # ML-100K's size: as configured
+    epochs, config = tuning.capped_epochs(params, 345_000, lambda _: None)  # a 1M-event day
+    assert (epochs, config["average_epochs"]) == (5, 2)
+    assert epochs * 345_000 <= 2_000_000
+    assert tuning.capped_epochs(params, 5_000_000, lambda _: None)[0] == 2  # never fewer than 2
+    uncapped = tuning.with_overrides(params, {"train_max_examples": 0})
+    assert tuning.capped_epochs(uncapped, 5_000_000, print)[0] == 24
+
+
+def test_trials_on_a_big_day_run_on_a_sample_of_whole_users():
+    pairs, _, _ = _pairs(n_users=200, per_user=8)
+    sample = tuning.tuning_sample(pairs, 400, seed=1)
+    assert 300 <= len(sample) <= 400
+    users = set(sample["user_id"])
+    assert len(sample) == len(pairs[pairs["user_id"].isin(users)])  # every pair of a sampled user
+    assert tuning.tuning_sample(pairs, 400, seed=1).equals(sample)  # seeded
+    assert tuning.tuning_sample(pairs, 0).equals(pairs) and tuning.tuning_sample(pairs, 10_000).equals(pairs)
+
+
+def test_the_budget_counts_the_trial_that_would_run_next(monkeypatch):
+    """A trial that would end past the budget (by the longest so far) is not started."""
+    pairs, users, items = _pairs()
+    base = tuning.with_overrides(tuning.base_params(ModelSettings()), SMALL)
+    clock = {"now": 0.0}
+    monkeypatch.setattr(tuning.time, "perf_counter", lambda: clock["now"])
+    real_fit = tuning.fit
+
+    def slow_fit(*args, **kwargs):
+        clock["now"] += 40.0  # each trial "takes" 40 s
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "fit", slow_fit)
+    result = tuning.search(pairs, data.user_features(users), data.catalogue(items, pairs), base,
+                           lambda rows: data.time_split(rows, 0.25), trials=8, budget_s=100, log=lambda _: None)
+    assert len(result.trials) == 2  # 40 + 40; a third would end at 120 > 100
+    assert [t["seconds"] for t in result.trials] == [40.0, 40.0]
+
+
 def _searched_run(client, experiment_id, ds, items, key, choice):
     run = client.create_run(experiment_id, tags={"tuning": "searched", "tuning_key": key, "ds": ds,
                                                  "items": str(items), "tuning_choice": tuning_json(choice)})
