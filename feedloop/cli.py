@@ -16,6 +16,7 @@ import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from feedloop.dates import iso_day
@@ -130,21 +131,34 @@ def champion_version(settings) -> str | None:
         raise
 
 
-def simulate_and_land(settings, ds: str, events: int, steps: str, catalogue: bool) -> int:
-    """Simulate ``events`` for ``ds`` into Kafka and wait until the sink has them in Hive; the row count."""
+def send_events(settings, ds: str, events: int, steps: str, catalogue: bool) -> int:
+    """Simulate ``events`` for ``ds`` into Kafka; the partition's Hive row count before them."""
     from sources import simulator
     from sources.simulator import DEMO_ITEMS, DEMO_USERS
-    from spark.partitions import partition_rows, wait_for_rows
+    from spark.partitions import partition_rows
 
     before = partition_rows(settings, "events", ds)
     print(f"[1/{steps}] simulating {events} events for {ds} into Kafka", flush=True)
     sim_args = argparse.Namespace(users=DEMO_USERS, items=DEMO_ITEMS, events=events, rate=0, duration=0,
                                   seed=7, ds=ds, no_catalogue=not catalogue)
     simulator.main(sim_args)
+    return before
+
+
+def land(settings, ds: str, before: int, events: int, steps: str, poll_s: float) -> int:
+    """Wait until the sink has the ``events`` sent after ``before`` rows in Hive; the row count."""
+    from spark.partitions import wait_for_rows
+
     print(f"[2/{steps}] waiting for the streaming sink to land them in Hive", flush=True)
-    rows = wait_for_rows(settings, ds, before + events, poll_s=2 if not catalogue else 5)
+    rows = wait_for_rows(settings, ds, before + events, poll_s=poll_s)
     print(f"      feedloop.events dt={ds}: {rows} rows ({rows - before} new)", flush=True)
     return rows
+
+
+def simulate_and_land(settings, ds: str, events: int, steps: str, catalogue: bool) -> int:
+    """Simulate ``events`` for ``ds`` into Kafka and wait until the sink has them in Hive; the row count."""
+    before = send_events(settings, ds, events, steps, catalogue)
+    return land(settings, ds, before, events, steps, poll_s=2 if not catalogue else 5)
 
 
 def run_skeleton(settings, ds: str, events: int = DEMO_EVENTS) -> dict:
@@ -160,15 +174,34 @@ def run_skeleton(settings, ds: str, events: int = DEMO_EVENTS) -> dict:
     return {"rows": rows, "feed": feed}
 
 
-def warm_loop(settings, ds: str, events: int, champion: str, learner: bool) -> dict:
-    """With a champion serving: a burst of events watched into Hive, the learner up, a feed read."""
+def warm_loop(settings, ds: str, events: int, champion: str, learner: bool, before: int | None) -> dict:
+    """With a champion serving: a burst of events watched into Hive, the learner up, a feed read.
+    ``before``: the burst was sent already (while the stack started), onto a partition of that many rows."""
     print(f"champion version {champion} serves the feeds: skipping the retrain "
           "(`feedloop demo --retrain`, or `make demo ARGS=--retrain`, runs it)", flush=True)
-    rows = simulate_and_land(settings, ds, events, "4", catalogue=False)
+    if before is None:
+        before = send_events(settings, ds, events, "4", catalogue=False)
+    rows = land(settings, ds, before, events, "4", poll_s=1)
     start_learner(settings, "3/4", learner, wait=False)  # the feed is served already: nothing waits for it
     print("[4/4] reading a feed from the API", flush=True)
     feed = fetch_json(f"http://{settings.bind_host}:{settings.api.port}/v1/feeds/users/u000001?limit=5")
     return {"rows": rows, "feed": feed}
+
+
+def early_burst(args, ds: str, sent: dict) -> Callable:
+    """An ``after_wave`` hook for `up`: once MLflow and Hive are up (wave 2), and a champion exists, send
+    the warm demo's burst, so that the streaming sink's first batch lands it while Airflow starts."""
+
+    def after_wave(wave: int, settings) -> None:
+        if wave != 2 or args.retrain or "champion" in sent:
+            return
+        sent["champion"] = champion_version(settings)
+        if sent["champion"]:
+            print(f"  champion version {sent['champion']} found: sending the demo's burst while the rest starts",
+                  flush=True)
+            sent["before"] = send_events(settings, ds, args.events or WARM_EVENTS, "4", catalogue=False)
+
+    return after_wave
 
 
 def demo(args) -> int:
@@ -184,17 +217,19 @@ def demo(args) -> int:
     from infra.stack import up
 
     started = time.time()
+    ds = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    sent: dict = {}
     try:
-        settings = up()
+        settings = up(after_wave=early_burst(args, ds, sent))
     except ServiceError as exc:
         print(f"feedloop demo: {exc}")
         return 1
     get_settings.cache_clear()
     settings = get_settings()
-    ds = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    champion = None if args.retrain else champion_version(settings)
+    champion = None if args.retrain else sent.get("champion") or champion_version(settings)
     if champion:
-        result = warm_loop(settings, ds, args.events or WARM_EVENTS, champion, not args.no_learner)
+        result = warm_loop(settings, ds, args.events or WARM_EVENTS, champion, not args.no_learner,
+                           sent.get("before"))
     else:
         result = run_skeleton(settings, ds, args.events or DEMO_EVENTS)
         start_learner(settings, "5/5", not args.no_learner)

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from feedloop.settings import Settings, SettingsError, generate_local_secrets, get_settings, profile_file
@@ -64,8 +65,11 @@ def _wait_healthy(settings: Settings, services: list[Service], times: dict[str, 
         time.sleep(0.5)
 
 
-def up(names: list[str] | None = None, settings: Settings | None = None) -> Settings:
-    """Start the named services (default all) and their waves' prerequisites; return settings."""
+def up(names: list[str] | None = None, settings: Settings | None = None,
+       after_wave: Callable[[int, Settings], None] | None = None) -> Settings:
+    """Start the named services (default all) and their waves' prerequisites; return settings.
+    ``after_wave(wave, settings)`` runs once each wave is healthy (the warm demo sends its burst after
+    wave 2, while the streaming sink and Airflow start)."""
     generate_local_secrets()
     get_settings.cache_clear()
     settings = settings or get_settings()
@@ -104,6 +108,8 @@ def up(names: list[str] | None = None, settings: Settings | None = None) -> Sett
         _times_file(settings).write_text(json.dumps(times, indent=1, sort_keys=True))
         if wave == 2 and "thriftserver" in wanted:
             apply_ddl(settings)
+        if after_wave is not None:
+            after_wave(wave, settings)
     return settings
 
 

@@ -144,6 +144,8 @@ def test_a_demo_with_a_champion_skips_the_retrain_and_lands_a_burst(settings, da
     out = feedloop_cli("demo", "--events", "300", "--no-learner", timeout_s=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert f"champion version {champion} serves the feeds: skipping the retrain" in out.stdout
+    # the burst goes out once MLflow and Hive answer (wave 2), before the demo's own steps
+    assert out.stdout.index("sending the demo's burst while the rest starts") < out.stdout.index("skipping the retrain")
     assert "feedloop_daily_retrain" not in out.stdout.split("skipping the retrain")[1].split("\n", 1)[1]
     landed = re.search(r"feedloop\.events dt=(\S+): (\d+) rows \((\d+) new\)", out.stdout)
     assert landed, out.stdout[-3000:]
