@@ -75,6 +75,7 @@ import uuid
 from datetime import datetime, timezone
 
 from bench.ingest import consumer_lag, percentile, rnd
+from feedloop.eta import Steps
 
 COMPONENTS = ("kafka", "metastore", "thriftserver", "redis", "stream-events", "stream-learner", "api",
               "airflow-scheduler")
@@ -720,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     outages: list[Outage] = []
     last_report, last_sent = t0, load.sent  # the capacity burst is not the soak's rate
     log(f"baseline: {args.baseline_s:g} s undisturbed; then {len(schedule)} kills: {', '.join(order)}")
+    soak = Steps("bench.chaos", round(total_s))  # the soak's seconds; the catch-up and the DAG follow it
     while time.time() - t0 < total_s:
         drain_reads()
         elapsed = time.time() - t0
@@ -747,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
             window = read_stats(reads, last_report, time.time())
             sent_rate = (load.sent - last_sent) / (time.time() - last_report)
             down_now = [o.kill["component"] for o in outages if not o.done]
-            log(f"{elapsed:5.0f}s: sent {load.sent:,} ({sent_rate:,.0f}/s), acked {load.producer.acked:,}, "
+            soak.at(round(elapsed), f"sent {load.sent:,} ({sent_rate:,.0f}/s), acked {load.producer.acked:,}, "
                 f"delivery errors {load.producer.failed}, resent {load.resent}; reads {window['by_class']} "
                 f"p50 200 {window['p50_200_ms']} ms; down: {', '.join(down_now) or 'none'}; "
                 f"DAG {dag.state}; load {os.getloadavg()[0]:.1f}")
@@ -829,6 +831,9 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg": loads[-1], "loadavg_samples": loads, "cores": os.cpu_count(),
         "total_s": round(time.time() - t0),
     }
+    soak.summary(f"{'ok' if summary['ok'] else 'NOT ok'}: {len(kills)} kills, all recovered: {all_recovered}; "
+                 f"{acked:,} acknowledged, {distinct} distinct in Hive, {duplicates} duplicates; reads "
+                 f"{whole['violations']} violations; DAG {dag_state}")
     print(json.dumps(summary, separators=(",", ":")))
     return 0 if summary["ok"] else 1
 

@@ -53,6 +53,8 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
+from feedloop.eta import Steps
+
 FEED_LIMIT = 10
 ROUND_MS = 60_000
 TREND_CATEGORY = "viral"
@@ -204,13 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     if not seeds:
         parser.error("--seeds names no seed")
 
-    results = []
+    results, steps = [], Steps("bench.closed_loop", len(seeds) * args.rounds)  # a step: one round of one seed
     for n, seed in enumerate(seeds):
         log(f"seed {seed} ({n + 1}/{len(seeds)})")
-        results.append(run(args, seed))
+        results.append(run(args, seed, steps))
     summary = summarise(results)
     mean, std = summary["mean"], summary["std"]
-    log(f"{len(seeds)} seeds in {summary['seconds']:.0f}s: after the drift, CTR with the learner "
+    steps.summary(f"{len(seeds)} seeds: after the drift, CTR with the learner "
         f"{mean['ctr_learner_after_drift']:.4f} ± {std['ctr_learner_after_drift']:.4f} vs frozen champion "
         f"{mean['ctr_frozen_after_drift']:.4f} ± {std['ctr_frozen_after_drift']:.4f} (ratio "
         f"{mean['ratio_after_drift']:.3f} ± {std['ratio_after_drift']:.3f}); the learner beats it on "
@@ -220,9 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(args, seed: int) -> dict:
+def run(args, seed: int, steps: Steps | None = None) -> dict:
     """One seed's world, champion and rounds; returns its figures (and writes its plot, and its MLflow run)."""
     import tensorflow as tf
+
+    steps = steps or Steps("bench.closed_loop", args.rounds)  # one seed alone (the unit tests)
 
     from feedloop.settings import get_settings
     from models import data
@@ -319,7 +323,8 @@ def run(args, seed: int) -> dict:
                      "prequential_online": result.prequential_online if result else None,
                      "prequential_champion": result.prequential_champion if result else None})
         row = rows[-1]
-        log(f"round {r + 1}/{args.rounds}: CTR learner {row['ctr_learner']:.3f} vs frozen {row['ctr_frozen']:.3f}; "
+        steps.step(f"seed {seed} round {r + 1}/{args.rounds}: CTR learner {row['ctr_learner']:.3f} "
+            f"vs frozen {row['ctr_frozen']:.3f}; "
             f"trend share {row['trend_share_learner']:.2f} vs {row['trend_share_frozen']:.2f}; "
             f"{len(learnable)} click/dwell events; "
             + (f"{result.reason} -> {learner.version}, {len(result.segments)} segment feeds republished"

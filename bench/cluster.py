@@ -34,6 +34,7 @@ from pathlib import Path
 
 from bench.ingest import drain, loadavg, rnd
 from bench.stacks import shifted_env
+from feedloop.eta import Steps
 
 REPO = Path(__file__).resolve().parents[1]
 DAG_ID = "feedloop_daily_retrain"
@@ -128,7 +129,7 @@ def one_profile(profile: str, events: int, var_dir: Path, dag_timeout_s: float, 
         shutil.rmtree(var_dir)
     result: dict = {"profile": profile, "loadavg_start": loadavg()}
     started = time.time()
-    memory = None
+    memory, steps = None, Steps(f"bench.cluster {profile}", 4)  # up, produce, drain, DAG
     try:
         log(f"{profile}: feedloop up under {var_dir} (ports +{PORT_SHIFT})")
         settings = up()
@@ -137,22 +138,22 @@ def one_profile(profile: str, events: int, var_dir: Path, dag_timeout_s: float, 
         settings = get_settings()
         memory = MemorySampler(settings)
         memory.start()
-        log(f"{profile}: up in {result['up_s']}s; {events:,} events of one day into Kafka, the sink stopped")
+        steps.step(f"up in {result['up_s']}s; {events:,} events of one day into Kafka, the sink stopped")
         ds = datetime.now(timezone.utc).strftime("%Y-%m-%d")
         supervisor(settings).stopProcess("stream-events", True)
         result["produce"] = simulate_day(settings, ds, events)
-        log(f"{profile}: produced {result['produce']}; draining")
+        steps.step(f"produced {result['produce']}; draining")
         drained = drain(settings, events, timeout_s=1800)
         cpu_s = sum(drained["cpu"]["stack_cpu_s"].values())
         result["drain"] = {"hive_per_s": drained["hive"]["per_s"], "redis_per_s": drained["redis"]["per_s"],
                            "hive_all_s": drained["hive"]["all_s"], "first_batch_s": drained["hive"]["first_batch_s"],
                            "in_hive": drained["hive"]["events"], "stack_cpu_s": drained["cpu"]["stack_cpu_s"],
                            "stack_cpu_ms_per_event": rnd(1000 * cpu_s / events, 4)}
-        log(f"{profile}: drain {result['drain']['hive_per_s']} events/s into Hive, "
+        steps.step(f"drain {result['drain']['hive_per_s']} events/s into Hive, "
             f"{result['drain']['stack_cpu_ms_per_event']} CPU-ms per event; running {DAG_ID} for {ds}")
         result["loadavg_dag"] = loadavg()
         result["dag"] = run_dag(settings, ds, dag_timeout_s)
-        log(f"{profile}: DAG {result['dag']['state']} in {result['dag']['seconds']}s")
+        steps.step(f"DAG {result['dag']['state']} in {result['dag']['seconds']}s")
     finally:
         if memory is not None:
             result["memory"] = memory.stop()
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.only:
         return child(args.only, args)
-    results, started = {}, time.time()
+    results, started, steps = {}, time.time(), Steps("bench.cluster", len(PROFILES))
     for profile in PROFILES:  # each in its own process: settings, clients and imports start clean
         argv_child = [sys.executable, "-m", "bench.cluster", "--only", profile, "--events", str(args.events),
                       "--dag-timeout", str(args.dag_timeout), "--var-dir", args.var_dir]
@@ -215,10 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         out = subprocess.run(argv_child, cwd=REPO, stdout=subprocess.PIPE, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
         results[profile] = json.loads(lines[-1]) if out.returncode == 0 and lines else {"error": out.returncode}
+        steps.step(f"{profile}: " + (f"exit {out.returncode}" if "error" in results[profile] else
+                                     f"DAG {results[profile].get('dag', {}).get('state')}"))
     single, cluster = results["single"], results["cluster"]
     ok = all(r.get("dag", {}).get("state") == "success" and (r.get("drain", {}).get("in_hive") or 0) >= args.events
              for r in (single, cluster))
-    log(f"done in {time.time() - started:.0f}s: drain {single.get('drain', {}).get('hive_per_s')} vs "
+    steps.summary(f"drain {single.get('drain', {}).get('hive_per_s')} vs "
         f"{cluster.get('drain', {}).get('hive_per_s')} events/s, DAG {single.get('dag', {}).get('seconds')} vs "
         f"{cluster.get('dag', {}).get('seconds')} s (single vs cluster), ok={ok}")
     print(json.dumps({"bench": "cluster", "ok": ok, "events": args.events, "baseline": "single (same run)",

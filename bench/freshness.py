@@ -33,6 +33,7 @@ import uuid
 import numpy as np
 
 from feedloop import clients
+from feedloop.eta import Steps
 
 GOAL_HIT_SHARE = 0.95
 GOAL_P95_S = 5.0
@@ -119,14 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     # a learner's first batch loads TensorFlow, the champion and the holdout: not freshness
     warm = trial(settings, client, producer, groups[0][0], groups[0][1][:10], args.clicks, max(args.timeout, 180))
     log(f"warm-up trial (not counted): feed {warm.get('feed', 'timeout')} s")
-    results = []
+    results, steps = [], Steps("bench.freshness", args.trials)
     for n in range(args.trials):
         segment, fans = groups[n % len(groups)]
         result = trial(settings, client, producer, segment, fans[:10], args.clicks, args.timeout)
         if "feed" not in result:  # a miss: what the learner said about its last batch
             result["learner_reason"] = _learner_progress(settings).get("reason")
         results.append(result)
-        log(f"trial {n + 1}/{args.trials}: {segment}: feed "
+        steps.step(f"{segment}: feed "
             + (f"{result['feed']:.2f} s ({result['version']})" if "feed" in result else
                f"MISS (not in the feed after {args.timeout:g} s; learner: {result['learner_reason']})")
             + f", trending {result.get('trending', 'timeout')} s")
@@ -153,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                    for r in results if "feed" not in r],
         "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
+    steps.summary(f"{out['reached']}/{out['trials']} bursts reached the feed ({out['misses']} misses), p50 "
+                  f"{out['p50_s']} s, p95 {out['p95_s']} s (goal, reference: >= {GOAL_HIT_SHARE:.0%} within "
+                  f"p95 {GOAL_P95_S} s); trending p50 {out['trending_p50_s']} s")
     print(json.dumps(out))
     return 0
 

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import redis
 
+from feedloop.eta import Steps  # imports no settings: main sets the environment first
+
 REPO = Path(__file__).resolve().parents[1]
 SEED_PEAK_PER_S = 32_000
 DEFAULT_PORT_SHIFT = 10_000
@@ -679,13 +681,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(var_dir)
     result: dict = {}
     loads: list[list[float]] = []
+    # a step: the stack's start, each phase, the final check (their lengths differ: the ETA is rough)
+    steps = Steps("bench.ingest", 7 + (1 if args.sustained_s else 0))
     try:
         log(f"starting {', '.join(STACK)} under {var_dir} (ports +{args.port_shift})")
         up(STACK)
         get_settings.cache_clear()
         settings = get_settings()
         result["stack_up_s"] = round(time.time() - started, 1)
-        log(f"stack up in {result['stack_up_s']}s")
+        steps.step(f"stack up in {result['stack_up_s']}s")
 
         log("phase 1: producers (sink stopped)")
         result["generate_only_per_s"] = generate_only(100_000)["per_s"]
@@ -695,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         kp = produce(settings, "kafka-python", args.compare_events)
         log(f"  kafka-python: {kp['events']:,} events in {kp['seconds']}s = {kp['per_s']:,}/s")
         ck = produce(settings, "confluent", args.compare_events)
-        log(f"  confluent-kafka: {ck['events']:,} events in {ck['seconds']}s = {ck['per_s']:,}/s")
+        steps.step(f"phase 1: confluent-kafka: {ck['events']:,} events in {ck['seconds']}s = {ck['per_s']:,}/s")
         result.update(produce_kafka_python_per_s=kp["per_s"], produce_confluent_per_s=ck["per_s"],
                       confluent_vs_kafka_python=round(ck["per_s"] / kp["per_s"], 2))
         bulk = produce_backlog(settings, max(0, args.events - kp["events"] - ck["events"]))
@@ -707,7 +711,8 @@ def main(argv: list[str] | None = None) -> int:
         floor = spark_floor(settings, backlog, var_dir / "floor")
         spark = floor.pop("spark")
         result["floor"] = floor
-        log(f"  floor: {floor['per_s']} events/s after the first batch, {floor['cpu_ms_per_event']} CPU-ms/event")
+        steps.step(f"phase 2: floor: {floor['per_s']} events/s after the first batch, "
+                   f"{floor['cpu_ms_per_event']} CPU-ms/event")
 
         log(f"phase 3: drain the {backlog:,}-event backlog through {SINK} (empty table)")
         loads.append(loadavg())
@@ -715,8 +720,8 @@ def main(argv: list[str] | None = None) -> int:
         loads.append(loadavg())
         result["drain_empty"] = drained
         result["spark_jobs"] = spark_jobs(settings)
-        log(f"  Hive {drained['hive']['per_s']} events/s, Redis {drained['redis']['per_s']} events/s after the first "
-            f"batch; sink CPU {sink_cpu_s(drained['cpu']):.0f}s")
+        steps.step(f"phase 3: Hive {drained['hive']['per_s']} events/s, Redis {drained['redis']['per_s']} events/s "
+                   f"after the first batch; sink CPU {sink_cpu_s(drained['cpu']):.0f}s")
 
         log(f"phase 4: drain {args.events:,} more into an hour that already holds {args.prefill:,} events")
         supervisor(settings).stopProcess(SINK, True)
@@ -731,8 +736,8 @@ def main(argv: list[str] | None = None) -> int:
         result["drain_10m"] = drained10
         for path in result["prefill"].pop("files"):  # the later phases' Hive probes need not scan them
             Path(path).unlink()
-        log(f"  Hive {drained10['hive']['per_s']} events/s, Redis {drained10['redis']['per_s']} events/s; "
-            f"sink CPU {sink_cpu_s(drained10['cpu']):.0f}s")
+        steps.step(f"phase 4: Hive {drained10['hive']['per_s']} events/s, "
+                   f"Redis {drained10['redis']['per_s']} events/s; sink CPU {sink_cpu_s(drained10['cpu']):.0f}s")
 
         capacity = min(r for r in (drained["hive"]["per_s"], drained["redis"]["per_s"]) if r)
         rate = capacity / 2
@@ -742,9 +747,10 @@ def main(argv: list[str] | None = None) -> int:
         loads.append(loadavg())
         result["freshness"] = fresh
         acked += fresh["events"]
-        log(f"  Redis p50 {fresh['redis']['p50_s']}s p95 {fresh['redis']['p95_s']}s ({fresh['redis']['seen']}/"
-            f"{fresh['markers']} seen); Hive p50 {fresh['hive']['p50_s']}s p95 {fresh['hive']['p95_s']}s "
-            f"({fresh['hive']['seen']}/{fresh['markers']} seen, query {fresh['hive']['query_p50_s']}s)")
+        steps.step(f"phase 5: Redis p50 {fresh['redis']['p50_s']}s p95 {fresh['redis']['p95_s']}s "
+                   f"({fresh['redis']['seen']}/{fresh['markers']} seen); Hive p50 {fresh['hive']['p50_s']}s "
+                   f"p95 {fresh['hive']['p95_s']}s ({fresh['hive']['seen']}/{fresh['markers']} seen, "
+                   f"query {fresh['hive']['query_p50_s']}s)")
 
         if args.sustained_s:
             log(f"phase 6: sustained, {args.sustained_s:.0f}s, the day's curve compressed into it, its "
@@ -753,16 +759,17 @@ def main(argv: list[str] | None = None) -> int:
             loads.append(loadavg())
             acked += result["sustained"]["events"]
             s = result["sustained"]
-            log(f"  lag: first minute p50 {s['lag_first_min_p50']}, last minute p50 {s['lag_last_min_p50']}, max "
-                f"{s['lag_max']}, at the end {s['lag_at_end']}; caught up {s['caught_up_after_s']}s after the load")
+            steps.step(f"phase 6: lag: first minute p50 {s['lag_first_min_p50']}, last minute p50 "
+                       f"{s['lag_last_min_p50']}, max {s['lag_max']}, at the end {s['lag_at_end']}; "
+                       f"caught up {s['caught_up_after_s']}s after the load")
         deadline = time.time() + 300
         while time.time() < deadline and (consumer_lag(settings) or 0) > 0:
             time.sleep(1)
         time.sleep(2 * settings.spark.streaming_trigger_s)
         result["hive_check"] = streamed_check(settings)
         result["acked"] = acked
-        log(f"  Hive holds {result['hive_check']['rows']:,} streamed rows, {result['hive_check']['distinct_event_ids']:,}"
-            f" distinct event ids; Kafka acknowledged {acked:,}")
+        steps.step(f"Hive holds {result['hive_check']['rows']:,} streamed rows, "
+                   f"{result['hive_check']['distinct_event_ids']:,} distinct event ids; Kafka acknowledged {acked:,}")
     finally:
         log("stopping the bench stack")
         down(get_settings())
@@ -808,9 +815,10 @@ def main(argv: list[str] | None = None) -> int:
         "cores": os.cpu_count(),
         "total_s": round(time.time() - started, 1),
     }
-    log(f"drain: Hive {hive_rate}/s, Redis {redis_rate}/s ({summary['ratio_to_spark_floor']} of the Spark floor's "
-        f"{floor_rate}/s); CPU per event {summary['cpu_ms_per_event_empty']} ms empty vs "
-        f"{summary['cpu_ms_per_event_10m']} ms with {args.prefill:,} in the hour")
+    steps.summary(f"drain: Hive {hive_rate}/s, Redis {redis_rate}/s ({summary['ratio_to_spark_floor']} of the Spark "
+                  f"floor's {floor_rate}/s); CPU per event {summary['cpu_ms_per_event_empty']} ms empty vs "
+                  f"{summary['cpu_ms_per_event_10m']} ms with {args.prefill:,} in the hour; freshness p95 Redis "
+                  f"{summary['freshness_redis_p95_s']} s; exactly once: {summary['hive_exactly_once']}")
     print(json.dumps(summary, separators=(",", ":")))
     return 0
 

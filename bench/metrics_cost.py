@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from feedloop.eta import Steps
+
 USER = "u42"
 
 
@@ -150,13 +152,17 @@ def main(argv=None) -> int:
         return 0
     results: dict[str, list[float]] = {spec.partition("=")[0]: [] for spec in args.variants}
     load = [os.getloadavg()[0]]
+    steps = Steps("bench.metrics_cost", args.rounds * len(args.variants))
     for round_no in range(args.rounds):
         order = args.variants if round_no % 2 == 0 else args.variants[::-1]
         for spec in order:
             results[spec.partition("=")[0]].append(run_variant(spec, args))
+            steps.step(f"round {round_no + 1}, {spec.partition('=')[0]}: {results[spec.partition('=')[0]][-1]:.2f} µs")
     load.append(os.getloadavg()[0])
     report = {name: {"median_us": round(statistics.median(v), 2), "rounds_us": [round(x, 2) for x in v]}
               for name, v in results.items()}
+    steps.summary(", ".join(f"{name} {r['median_us']} µs per {args.what} call (median of {args.rounds})"
+                            for name, r in report.items()))
     print(json.dumps({"what": args.what, "n": args.n, "reps": args.reps, "rounds": args.rounds,
                       "loadavg_1m": load, **report}))
     return 0

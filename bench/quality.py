@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from feedloop.eta import Steps
 from feedloop.settings import REPO_ROOT, get_settings
 from feature_store.segments import ANY, segment_of
 from models import baselines, data, tuning
@@ -200,8 +201,12 @@ def run(path: Path, seeds=SEEDS, with_als: bool = True, demographics: bool = Tru
              f"random {1 - HOLDOUT_SHARE:.0%}/{HOLDOUT_SHARE:.0%} per user, seeds {list(seeds)}; "
              f"demographics {'on' if demographics else 'off'}")
     spark = local_spark() if with_als else None
+    steps, per_seed = Steps("bench.quality", len(seeds)), {}
     try:
-        per_seed = {seed: one_seed(ratings, users, items, seed, settings.model, spark, demographics) for seed in seeds}
+        for seed in seeds:
+            per_seed[seed] = one_seed(ratings, users, items, seed, settings.model, spark, demographics)
+            steps.step(f"seed {seed}: " + ", ".join(f"{m} ndcg10 {r['ndcg10']:.4f}" for m, r in per_seed[seed].items()
+                                                    if isinstance(r, dict) and "ndcg10" in r))
     finally:
         if spark is not None:
             spark.stop()
@@ -230,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     except MissingData as exc:
         print(exc, file=sys.stderr)
         return 2
+    Steps("bench.quality", None).summary(
+        f"NDCG@10 two-tower / EASE {result['two_tower_vs_ease_ndcg10']} (goal, reference: "
+        f"{GOAL_VS_EASE}); " + ", ".join(f"{m} {v['ndcg10']['mean']:.4f}" for m, v in result["summary"].items()))
     print(json.dumps(result))
     return 0
 

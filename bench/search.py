@@ -47,6 +47,7 @@ from pathlib import Path
 from bench.private import PrivateRedis
 from bench.substring_scan import search as substring_search
 from feature_store.catalogue import write_catalogue
+from feedloop.eta import Steps
 from serving.resp import AsyncRedis
 from serving.search_index import SearchIndex, words
 from serving.store import FeedStore
@@ -208,12 +209,13 @@ def main_api(args) -> int:
             write_indexed_catalogue(client, [vars(i) for i in items], node.url, "feedloop-catalogue", log=log)
             index_s = time.perf_counter() - started
             embedded, remote = api_apps(load_settings(), server.port, node.url)
+            steps, runs = Steps("bench.search", args.repeats), []
             with embedded, remote:
                 embedded.get("/v1/items", params={"limit": 1})  # builds the worker's embedded index
-                runs = [measure_api({"embedded": embedded, "opensearch": remote}, items, args.queries, SEED + r)
-                        for r in range(args.repeats)]
-            for n, run in enumerate(runs):
-                log(f"repeat {n + 1}: {run}")
+                for r in range(args.repeats):
+                    runs.append(measure_api({"embedded": embedded, "opensearch": remote}, items, args.queries,
+                                            SEED + r))
+                    steps.step(f"repeat {r + 1}: {runs[-1]}")
             result = {
                 "backends": {name: {"top5": {k: statistics.median(r[name]["top5"][k] for r in runs) for k in KINDS},
                                     **{p: round(statistics.median(r[name][p] for r in runs), 3)
@@ -228,6 +230,8 @@ def main_api(args) -> int:
         finally:
             server.stop()
             node.stop()
+    steps.summary("; ".join(f"{name}: top-5 {b['top5']}, p99 {b['p99_ms']} ms, {b['errors']} errors"
+                            for name, b in result["backends"].items()))
     print(json.dumps(result), flush=True)
     return 0
 
@@ -255,10 +259,10 @@ def main(argv=None) -> int:
         try:
             write_catalogue(client, rows)
             store = FeedStore(AsyncRedis("127.0.0.1", server.port, timeout_s=5.0))
-            runs = []
+            runs, steps = [], Steps("bench.search", args.repeats)
             for repeat in range(args.repeats):
                 runs.append(measure(index, store, items, args.queries, SEED + repeat))
-                log(f"repeat {repeat + 1}: {runs[-1]}")
+                steps.step(f"repeat {repeat + 1}: {runs[-1]}")
         finally:
             server.stop()
     top5 = {engine: {k: _median(runs, engine, k) for k in KINDS} for engine in ("index", "substring_scan")}
@@ -284,6 +288,9 @@ def main(argv=None) -> int:
         "baseline": "bench/substring_scan.py (GET /v1/items before issue 17), same queries, same run",
         "loadavg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
+    steps.summary(f"one-typo queries with the intended item in the top 5: {result['one_typo_top5']} (substring "
+                  f"scan {result['baseline_one_typo_top5']}, goal, reference: {GOAL}); index p99 "
+                  f"{result['index_p99_ms']:.2f} ms on {args.items:,} items")
     print(json.dumps(result), flush=True)
     return 0
 

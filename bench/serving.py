@@ -46,6 +46,7 @@ from pathlib import Path
 from bench.private import Private, free_port
 from feature_store import online
 from feature_store.catalogue import write_catalogue
+from feedloop.eta import Steps
 from feature_store.segments import fallbacks, segment_of
 from sources.simulator import make_catalogue
 
@@ -361,7 +362,7 @@ def median_run(runs: list[dict]) -> dict:
 
 
 def measure_variants(base: str, n_ids: int, workdir: Path, args, pid: int, categories: list[str],
-                     queries: list[str]) -> dict[str, dict]:
+                     queries: list[str], steps: Steps) -> dict[str, dict]:
     """Peak runs of the feed, the filtered feed and the search, alternating round by round; medians."""
     variants = {
         "feed": lua_script(workdir / "feed.lua", FEED_TEMPLATE, n_ids),
@@ -374,7 +375,7 @@ def measure_variants(base: str, n_ids: int, workdir: Path, args, pid: int, categ
     for round_no in range(args.repeats):
         for name, script in variants.items():
             runs[name].append(run_wrk(base, args.connections, args.duration, args.threads, script, pid))
-            log(f"round {round_no + 1}, {name} at {args.connections} connections: {runs[name][-1]}")
+            steps.step(f"round {round_no + 1}, {name} at {args.connections} connections: {runs[name][-1]}")
     return {name: median_run(r) for name, r in runs.items()}
 
 
@@ -410,6 +411,7 @@ def main(argv=None) -> int:
 
     n_ids = args.users + args.cold_users
     load_before = os.getloadavg()[0]
+    steps = Steps("bench.serving", 5 + 3 * args.repeats)  # the two floors, the peak rounds, three paced runs
     with tempfile.TemporaryDirectory(prefix="feedloop-bench-") as tmp:
         workdir = Path(tmp)
         redis_port = free_port()
@@ -420,7 +422,7 @@ def main(argv=None) -> int:
             log(f"private redis-server on :{redis_port}, seeded {seeded}")
 
             redis_rps = redis_floor(redis_port, n_ids, args.workers, args.duration)
-            log(f"redis floor: {redis_rps:,.0f} reads/s ({args.workers} process(es))")
+            steps.step(f"redis floor: {redis_rps:,.0f} reads/s ({args.workers} process(es))")
 
             env = app_env(redis_port, workdir)
             port = free_port()
@@ -429,7 +431,7 @@ def main(argv=None) -> int:
                 script = lua_script(workdir / "floor.lua", FLOOR_TEMPLATE, n_ids)
                 run_wrk(url, args.connections, 2, args.threads, script)
                 floor = run_wrk(url, args.connections, args.duration, args.threads, script, server.proc.pid)
-            log(f"framework floor: {floor}")
+            steps.step(f"framework floor: {floor}")
 
             port = free_port()
             with start_server(args.app, port, args, env, workdir, "feed") as server:
@@ -443,16 +445,17 @@ def main(argv=None) -> int:
                 categories = sorted(client.smembers(f"feedloop:catalogue:{client.get('feedloop:catalogue')}"
                                                     ":categories"))
                 queries = search_queries(args.queries, args.items)
-                peaks = measure_variants(base, n_ids, workdir, args, server.proc.pid, categories, queries)
+                peaks = measure_variants(base, n_ids, workdir, args, server.proc.pid, categories, queries, steps)
                 peak = peaks["feed"]
                 half, delay = paced(base, n_ids, workdir, args, peak["rps"] / 2)
-                log(f"feed lookup paced at {delay} ms per connection ({half['rps'] / peak['rps']:.2f} of peak): {half}")
+                steps.step(f"feed lookup paced at {delay} ms per connection "
+                           f"({half['rps'] / peak['rps']:.2f} of peak): {half}")
                 search_half, search_delay = paced(base, n_ids, workdir, args, peaks["search"]["rps"] / 2,
                                                   SEARCH_TEMPLATE, queries)
-                log(f"search paced at {search_delay} ms per connection: {search_half}")
+                steps.step(f"search paced at {search_delay} ms per connection: {search_half}")
                 category_half, _ = paced(base, n_ids, workdir, args, peaks["category"]["rps"] / 2,
                                          CATEGORY_TEMPLATE, categories)
-                log(f"filtered feed paced: {category_half}")
+                steps.step(f"filtered feed paced: {category_half}")
 
     result = {
         "rps": peak["rps"],
@@ -495,6 +498,10 @@ def main(argv=None) -> int:
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
+    steps.summary(f"feed {result['rps']:,.0f} req/s, p99 {result['p99_ms']} ms ({result['ratio_to_framework_floor']}x "
+                  f"the framework floor), p99 at half load {result['p99_ms_at_half_load']} ms; filtered feed "
+                  f"{result['category_ratio_to_feed']}x the feed; search {result['search_rps']:,.0f} req/s, p99 at "
+                  f"half load {result['search_p99_ms_at_half_load']} ms; {result['errors']} errors")
     print(json.dumps(result), flush=True)
     return 0
 

@@ -30,6 +30,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from feedloop.eta import Steps
 from models import data
 
 
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{args.pairs:,} pairs, {args.users:,} users, catalogues {args.items}; batch {batch}, {args.epochs} epochs "
         f"each; config {config}")
     sizes, naive = {}, None
+    steps = Steps("bench.training", len(args.items) + (0 if args.no_naive else 1))
     for n_items in args.items:
         pairs, users, catalogue = synthetic_pairs(args.pairs, args.users, n_items)
         started = time.perf_counter()
@@ -148,13 +150,16 @@ def main(argv: list[str] | None = None) -> int:
                                "final_loss": round(losses[-1], 4), "goal_reference": GOALS.get(n_items),
                                "meets_goal": rate >= GOALS[n_items] if n_items in GOALS else None,
                                "loadavg_1m": round(os.getloadavg()[0], 2)}
-        log(f"{n_items:,} items: {rate:,.0f} examples/s")
+        steps.step(f"{n_items:,} items: {rate:,.0f} examples/s")
         if naive is None and not args.no_naive:
             started = time.perf_counter()
             naive_examples, naive_losses = naive_rate(TwoTower(config), pairs, users, catalogue, args.epochs, batch, lr)
             naive = {"items": n_items, "examples_per_s": round(naive_examples),
                      "seconds": round(time.perf_counter() - started, 1), "final_loss": round(naive_losses[-1], 4),
                      "ratio": round(rate / naive_examples, 2)}
+            steps.step(f"naive Keras at {n_items:,} items: {naive_examples:,.0f} examples/s")
+    steps.summary(", ".join(f"{n} items {v['examples_per_s']:,} examples/s" for n, v in sizes.items())
+                  + (f"; {naive['ratio']}x naive Keras" if naive else ""))
     print(json.dumps({
         "by_catalogue_size": sizes, "naive_keras_baseline": naive, "pairs": args.pairs, "users": args.users,
         "epochs": args.epochs, "batch_size": batch,
