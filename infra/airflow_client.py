@@ -150,6 +150,13 @@ class AirflowClient:
     def delete_run(self, dag_id: str, run_id: str) -> None:
         self.request("DELETE", f"/dags/{dag_id}/dagRuns/{run_id}")
 
+    def last_success_seconds(self, dag_id: str) -> float | None:
+        """Wall seconds of dag_id's latest successful run (None: none yet, or no dates on it)."""
+        body = self.request("GET", f"/dags/{dag_id}/dagRuns", ok_404=True,
+                            params={"state": "success", "order_by": "-end_date", "limit": 1})
+        runs = body["dag_runs"] if body else []
+        return run_seconds(runs[0]) if runs else None
+
     def get_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
 
@@ -221,6 +228,25 @@ def start_run(client: AirflowClient, dag_id: str, ds: date) -> str:
     return run["dag_run_id"]
 
 
+def run_seconds(run: dict[str, Any]) -> float | None:
+    """A finished run's wall time from its start_date and end_date (ISO stamps), or None."""
+    if not run.get("start_date") or not run.get("end_date"):
+        return None
+    return (datetime.fromisoformat(run["end_date"]) - datetime.fromisoformat(run["start_date"])).total_seconds()
+
+
+def eta_note(last_s: float | None, elapsed: float) -> str:
+    """The ETA part of a progress line: what is left of the last successful run's time, when there was one.
+
+    Only an estimate: a run that searches (weekly, docs/model.md) or reads a bigger day takes longer."""
+    if last_s is None:
+        return ""
+    left = last_s - elapsed
+    if left >= 0:
+        return f" (ETA {left:.0f}s: the last successful run took {last_s:.0f}s)"
+    return f" (past the last successful run's {last_s:.0f}s by {-left:.0f}s)"
+
+
 def _progress(tis: list[dict[str, Any]]) -> str:
     by_state: dict[str, list[str]] = {}
     for ti in sorted(tis, key=lambda t: t.get("start_date") or "~"):
@@ -235,13 +261,15 @@ def follow_run(client: AirflowClient, settings: Settings, dag_id: str, run_id: s
     started = time.monotonic()
     last_line = ""
     hinted = False
+    last_s = client.last_success_seconds(dag_id)
     while True:
         run = client.get_run(dag_id, run_id)
         tis = client.task_instances(dag_id, run_id)
         elapsed = time.monotonic() - started
         line = f"{run['state']}: {_progress(tis)}"
         if line != last_line:
-            print(f"[{elapsed:5.0f}s] {dag_id} {line}", flush=True)
+            eta = eta_note(last_s, elapsed) if run["state"] not in FINISHED else ""
+            print(f"[{elapsed:5.0f}s] {dag_id} {line}{eta}", flush=True)
             last_line = line
         if run["state"] in FINISHED:
             if run["state"] == "failed":
@@ -290,8 +318,10 @@ def run_dag(settings: Settings, dag_id: str, ds: date, timeout: float) -> str:
             schedule = dag.get("timetable_summary")
             print(f"unpaused {dag_id}" + (f"; it now also runs on its schedule ({schedule})" if schedule else ""),
                   flush=True)
+        started = time.monotonic()
         state = follow_run(client, settings, dag_id, run_id, timeout)
-        print(f"{dag_id} run {run_id} for {ds}: {state}; UI {client.base_url}/dags/{dag_id}", flush=True)
+        print(f"{dag_id} run {run_id} for {ds}: {state} in {time.monotonic() - started:.0f}s; "
+              f"UI {client.base_url}/dags/{dag_id}", flush=True)
         return state
 
 
