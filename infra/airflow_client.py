@@ -24,6 +24,7 @@ CONNECT_TIMEOUT_S = 3.0
 REQUEST_TIMEOUT_S = 15.0
 POLL_INTERVAL_S = 5.0
 QUEUED_HINT_S = 30.0
+HEARTBEAT_S = 60.0  # a progress line at least this often, so a long task shows its ETA moving
 DAG_PARSE_TIMEOUT_S = 180.0
 FINISHED = {"success", "failed"}
 TASK_DONE = {"success", "skipped", "upstream_failed", "removed"}
@@ -262,15 +263,16 @@ def follow_run(client: AirflowClient, settings: Settings, dag_id: str, run_id: s
     last_line = ""
     hinted = False
     last_s = client.last_success_seconds(dag_id)
+    printed_at = 0.0
     while True:
         run = client.get_run(dag_id, run_id)
         tis = client.task_instances(dag_id, run_id)
         elapsed = time.monotonic() - started
         line = f"{run['state']}: {_progress(tis)}"
-        if line != last_line:
+        if line != last_line or elapsed - printed_at >= HEARTBEAT_S:
             eta = eta_note(last_s, elapsed) if run["state"] not in FINISHED else ""
             print(f"[{elapsed:5.0f}s] {dag_id} {line}{eta}", flush=True)
-            last_line = line
+            last_line, printed_at = line, elapsed
         if run["state"] in FINISHED:
             if run["state"] == "failed":
                 _print_failures(settings, tis)
