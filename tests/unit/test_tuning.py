@@ -210,3 +210,20 @@ def test_a_train_try_is_keyed_by_its_day_and_dag_run(monkeypatch):
     assert train.attempt_key("2026-11-30") == "2026-11-30|scheduled__2026-11-30T00:00:00+00:00"
     monkeypatch.setenv("AIRFLOW_CTX_DAG_RUN_ID", "manual__x' or '1'='1")  # not pasted into a search filter
     assert train.attempt_key("2026-11-30") is None
+
+
+def test_a_baseline_search_is_reused_by_its_own_grid_key(tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("t")
+    ms = ModelSettings()
+    ease_key, als_key = baselines.grid_key("ease", baselines.EASE_LAMBDAS), baselines.grid_key("als", baselines.ALS_GRID)
+    assert len({ease_key, als_key, train.tuning_key(ms)}) == 3
+    assert baselines.grid_key("ease", baselines.EASE_LAMBDAS[:3]) != ease_key  # a changed grid searches again
+    _searched_run(client, experiment, "2026-11-20", 1_000, ease_key, 1600.0)
+    _searched_run(client, experiment, "2026-11-20", 1_000, als_key, baselines.ALS_GRID[2])
+    quiet = {"log": lambda _: None}
+    assert train.recent_choice(client, experiment, "2026-11-22", 1_000, ease_key, ms, **quiet) == 1600.0
+    assert train.recent_choice(client, experiment, "2026-11-22", 1_000, als_key, ms, **quiet) == baselines.ALS_GRID[2]
+    assert train.recent_choice(client, experiment, "2026-11-28", 1_000, als_key, ms, **quiet) is None  # a week on
