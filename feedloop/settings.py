@@ -371,7 +371,7 @@ class ModelSettings(_Section):
     # Fewer epochs on big days: at most this many examples (epochs x training pairs, at least 2 epochs; the
     # averaged epochs shrink in proportion; 0: no cap). ML-100K's 24 epochs (~1.8M examples) fit under it,
     # so the benchmarked configuration is what ships there; a 1M-event day (~307k pairs) trains 6 epochs
-    # where the search may choose up to 24 (docs/model.md, docs/performance.md).
+    # of the 14 its search chose on 2026-12-06 (docs/model.md, docs/performance.md).
     train_max_examples: int = Field(2_000_000, ge=0)
     # Tuning on validation data (models.tuning): an Optuna search (TPE, the defaults above as its
     # first trial) on a validation split carved out of the training pairs, never the holdout.

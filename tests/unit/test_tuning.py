@@ -218,7 +218,8 @@ def test_a_baseline_search_is_reused_by_its_own_grid_key(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.create_experiment("t")
     ms = ModelSettings()
-    ease_key, als_key = baselines.grid_key("ease", baselines.EASE_LAMBDAS), baselines.grid_key("als", baselines.ALS_GRID)
+    ease_key = baselines.grid_key("ease", baselines.EASE_LAMBDAS)
+    als_key = baselines.grid_key("als", baselines.ALS_GRID)
     assert len({ease_key, als_key, train.tuning_key(ms)}) == 3
     assert baselines.grid_key("ease", baselines.EASE_LAMBDAS[:3]) != ease_key  # a changed grid searches again
     _searched_run(client, experiment, "2026-11-20", 1_000, ease_key, 1600.0)
