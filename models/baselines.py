@@ -19,7 +19,6 @@ the step's 15.5 min (EASE's 7 λ 4 min, ALS's 4 points 8.3 min), every day (docs
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from models import data
-from models.train import K, configure_mlflow, git_sha, read_training_set, recent_choice, window_start
+from models.train import K, configure_mlflow, digest, git_sha, read_training_set, recent_choice, window_start
 
 METRIC = f"ndcg{K}"
 EASE_MAX_ITEMS = 20_000  # an items x items float64 inverse: 3.2 GB and minutes on two cores at 20k
@@ -157,7 +156,7 @@ def tune_als(spark, train: pd.DataFrame, item_ids: Sequence[str], split: Split, 
 # ------------------------------------------------------------------ the DAG's step
 def grid_key(name: str, grid) -> str:
     """The ``tuning_key`` of a baseline's search: a changed grid means a new search."""
-    return f"{name}:" + hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{name}:{digest(grid)}"
 
 
 def main(args) -> int:
@@ -191,6 +190,7 @@ def main(args) -> int:
             choice = recent_choice(client, experiment_id, args.ds, len(item_ids), key, settings.model,
                                    log=lambda m: print(f"  {name} {m}", flush=True))
             if choice is not None:
+                mlflow.set_tags({"tuning": "reused"})  # as the two-tower's run says it
                 return choice, []
             choice, trials = search()
             mlflow.set_tags({"tuning": "searched", "tuning_key": key, "tuning_choice": json.dumps(choice)})

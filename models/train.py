@@ -99,11 +99,16 @@ def window_start(ds: str, days: int = WINDOW_DAYS) -> str:
 
 
 # ------------------------------------------------------------------ tuning schedule
+def digest(value) -> str:
+    """A short, stable digest of a JSON-able value: the ``tuning_key`` of a search."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def tuning_key(model_settings) -> str:
     """A digest of the configured parameters a search starts from: a changed setting means a new search."""
     from models.tuning import base_params, flat
 
-    return hashlib.sha256(json.dumps(flat(base_params(model_settings)), sort_keys=True).encode()).hexdigest()[:16]
+    return digest(flat(base_params(model_settings)))
 
 
 def recent_choice(client: MlflowClient, experiment_id: str, ds: str, n_items: int, key: str, model_settings,
