@@ -26,11 +26,12 @@ def free_port() -> int:
 class Private:
     """A child process in its own process group, stopped (group and all) on exit."""
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, log_path: Path | None = None,
+                 cwd: Path = REPO_ROOT) -> None:
         out = open(log_path, "wb") if log_path else subprocess.DEVNULL
         self.log_path = log_path
         self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                     cwd=REPO_ROOT)
+                                     cwd=cwd)
         if log_path:
             out.close()
 
