@@ -138,11 +138,15 @@ def build_feeds(
 
     index = {item: n for n, item in enumerate(item_ids)}
     positives = recent[recent["event_type"].isin(data.POSITIVE_TYPES)]
+    # every active user's history (their latest positives, as in training) and seen items in one pass
+    # each, not one pass over all the positives per chunk (14.5 of 22.8 s for 20,000 users)
+    all_histories = model.user_histories(positives, active)
+    all_seen = data.index_lists(positives, active, index)
     for start in range(0, len(active), USER_CHUNK):
         users = active[start:start + USER_CHUNK]
-        histories = model.user_histories(positives, users)  # their latest positives, as in training
+        histories = all_histories[start:start + USER_CHUNK]
         scores = model.query_embeddings(users, active_segments[start:start + USER_CHUNK], histories) @ item_vectors.T
-        seen = data.index_lists(positives, users, index)
+        seen = all_seen[start:start + USER_CHUNK]
         ranked = data.top_k(scores, seen, feed_size)
         for user, row_scores, row, row_seen in zip(users, scores, ranked, seen):
             feeds[("user", user)] = feed(row_scores, row[~np.isin(row, row_seen)])

@@ -637,11 +637,12 @@ class TwoTower:
         return query_vectors @ item_vectors.T
 
     def evaluate(self, train: pd.DataFrame, holdout: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame,
-                 k: int = 10) -> dict[str, float]:
-        """Ranking metrics at k on ``holdout``, ranking the whole catalogue minus each user's train items."""
+                 k: int = 10, recall_ks: Sequence[int] = ()) -> dict[str, float]:
+        """Ranking metrics at k on ``holdout``, ranking the whole catalogue minus each user's train items
+        (and ``recall{c}`` for each of ``recall_ks``, from the same scores: :func:`models.data.rank_holdout`)."""
         user_ids = sorted(holdout["user_id"].unique())
         scores = self.scores(train, user_ids, users, items)
-        return rank_holdout(scores, user_ids, items["item_id"].tolist(), train, holdout, k)
+        return rank_holdout(scores, user_ids, items["item_id"].tolist(), train, holdout, k, recall_ks)
 
     # -- persistence ---------------------------------------------------
     def save(self, directory: str | Path) -> Path:

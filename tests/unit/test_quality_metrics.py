@@ -157,3 +157,34 @@ def test_coverage_and_popularity_bias():
     # only the top k count
     assert data.coverage_and_popularity_bias(np.array([[3, 0]]), counts, k=1) == {
         "coverage1": 0.25, "popularity_bias1": pytest.approx(0.25)}
+
+
+def test_by_user_matches_pandas_groupby_in_row_order():
+    rng = np.random.default_rng(3)
+    pairs = pd.DataFrame({"user_id": rng.choice(["a", "b", "c", "d"], 200), "item_id": rng.integers(0, 50, 200)})
+    wanted = ["c", "nobody", "a", "c", "b"]  # one unknown, one twice, "d" not asked for
+    expected = pairs.groupby("user_id")["item_id"].agg(list).to_dict()
+    got = data.by_user(pairs["user_id"], pairs["item_id"].to_numpy(), wanted)
+    assert [g.tolist() for g in got] == [expected.get(u, []) for u in wanted]
+
+
+def test_index_lists_leave_out_items_outside_the_catalogue():
+    pairs = pd.DataFrame({"user_id": ["a", "a", "b", "a"], "item_id": ["x", "gone", "y", "y"]})
+    got = data.index_lists(pairs, ["a", "b", "c"], {"x": 0, "y": 1})
+    assert [g.tolist() for g in got] == [[0, 1], [1], []]
+    assert all(g.dtype == np.int64 for g in got)
+
+
+def test_recall_curve_comes_from_the_same_ranking_as_each_k_alone():
+    rng = np.random.default_rng(5)
+    users, items = [f"u{n}" for n in range(40)], [f"i{n}" for n in range(60)]
+    train = pd.DataFrame({"user_id": rng.choice(users, 400), "item_id": rng.choice(items, 400)})
+    holdout = pd.DataFrame({"user_id": rng.choice(users, 120), "item_id": rng.choice(items, 120)})
+    scores = rng.random((len(users), len(items))).astype(np.float32)
+    together = data.rank_holdout(scores, users, items, train, holdout, 10, (1, 5, 10, 20, 50))
+    assert {k: v for k, v in together.items() if k not in ("recall1", "recall5", "recall20", "recall50")} == \
+        data.rank_holdout(scores, users, items, train, holdout, 10)
+    for c in (1, 5, 20, 50):
+        assert together[f"recall{c}"] == pytest.approx(data.rank_holdout(scores, users, items, train, holdout, c)[
+            f"recall{c}"])
+    assert together["recall1"] <= together["recall5"] <= together["recall10"] <= together["recall50"]
