@@ -26,12 +26,10 @@ from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 from feature_store import online
-from feature_store.segments import ANY, fallbacks
 from serving.pages import encode_cursor, feed_id_of, iso, now_ms
-from serving.store import FeedStore
+from serving.store import UNKNOWN_SEGMENT, FeedStore, fallback_chain
 
 LIVE_SCAN = 500
-UNKNOWN_SEGMENT = "|".join((ANY, ANY, ANY))
 LIVE = (("trending", "1m"), ("trending", "10m"), ("popular", None))
 
 
@@ -150,7 +148,7 @@ async def _user_start(store: FeedStore, user_id: str, categories: list[str], exc
     keys, and one more for the chain's category feeds unless the own feed filled the page (two hash
     tags, which no one script may read together on a Redis Cluster: docs/cluster.md)."""
     segment, recent, own = await store.user_view(user_id)
-    chain = fallbacks(segment or UNKNOWN_SEGMENT)
+    chain = fallback_chain(segment or UNKNOWN_SEGMENT)
     candidates = Candidates(allowed, recent | exclude, need)
     meta, used, by_category = None, None, None
     if own is not None:

@@ -20,7 +20,6 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from feature_store import online
-from feature_store.segments import ANY, fallbacks
 from serving.catalogues import check_categories
 from serving.errors import BadInput, json_response
 from serving.filtered import resolve_filtered
@@ -42,10 +41,9 @@ from serving.schemas import (
 )
 from serving.served_log import ServedLog, served_record
 from serving.state import Services, Svc, services
-from serving.store import FeedStore
+from serving.store import UNKNOWN_SEGMENT, FeedStore, fallback_chain
 
 TRENDING_WINDOWS = ("1m", "10m")
-UNKNOWN_SEGMENT = "|".join((ANY, ANY, ANY))
 NO_IDS: frozenset[str] = frozenset()
 HOT_PATHS = ("/v1/feeds/users/{user_id}", "/v1/feeds/segments/{segment}")
 
@@ -162,7 +160,7 @@ async def _live_candidate(store: FeedStore, source: str, window: str | None, key
 async def resolve_user_page(store: FeedStore, user_id: str, pinned: str | None, offset: int,
                             limit: int, client_exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The first source, in fallback order, that has something for this user: own feed,
-    segment feeds (:func:`fallbacks`), trending (1m, 10m), popular.
+    segment feeds (:func:`serving.store.fallback_chain`), trending (1m, 10m), popular.
 
     A feed whose unseen items are all gone is skipped on a fresh start, but a cursor
     into it runs to its end rather than jumping to another feed.
@@ -177,7 +175,7 @@ async def resolve_user_page(store: FeedStore, user_id: str, pinned: str | None, 
             return body
         first = body
 
-    chain = fallbacks(segment or UNKNOWN_SEGMENT)
+    chain = fallback_chain(segment or UNKNOWN_SEGMENT)
     for ident, feed in zip(chain, await store.feeds([("seg", s) for s in chain])):
         if feed is not None:
             body = published_page(feed, "segment", ident, pinned, offset, limit, exclude)
