@@ -31,6 +31,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -45,7 +46,7 @@ from pathlib import Path
 
 from bench.private import Private, free_port
 from feature_store import online
-from feature_store.catalogue import write_catalogue
+from feature_store.catalogue import category_codes, write_catalogue
 from feedloop.eta import Steps
 from feature_store.segments import fallbacks, segment_of
 from sources.simulator import make_catalogue
@@ -203,8 +204,13 @@ def seed(client, n_users: int, n_cold: int, n_segments: int, n_items: int, feed_
         pipe.zadd(online.trending_key(window), {i: rng.random() * 100 for i in rng.sample(item_ids, size)})
     pipe.zadd(online.popular_key(), {i: rng.random() * 1000 for i in item_ids})
     pipe.execute()
+    # as models.publish does: the catalogue first, then the feeds with their items' category numbers in it
+    version = write_catalogue(client, [vars(i) for i in items])
+    codes = category_codes(i.category for i in items)
+    code_of = {i.item_id: codes[i.category.lower()] for i in items}
+    feeds = {ref: dataclasses.replace(f, category_codes=[code_of[i] for i in f.items], catalogue=version)
+             for ref, f in feeds.items()}
     online.publish_feeds(client, feeds, ttl_s=3600)
-    write_catalogue(client, [vars(i) for i in items])
     return {"users_with_feed": n_users, "cold_users": n_cold, "segment_feeds": len(segments), "items": n_items,
             "feed_size": feed_size, "categories": len(by_category), "category_feed_size": category_feed_size}
 

@@ -59,6 +59,15 @@ def categories_key(version: str) -> str:
     return key("catalogue", version, "categories")
 
 
+def category_codes(categories: Iterable[str]) -> dict[str, int]:
+    """Each category (lower case) of a catalogue version and its number: its place among them,
+    sorted. Published feeds carry their items' numbers (``online.Feed.category_codes``), so a
+    filtered feed tests a small number against a set of a few, not an item id against the
+    category's whole set of items (docs/serving.md, "Filtered feeds: one round trip, category
+    numbers")."""
+    return {category: n for n, category in enumerate(sorted({c.lower() for c in categories}))}
+
+
 def _keywords(value: Any) -> list[str]:
     if value is None or isinstance(value, float) and math.isnan(value):
         return []

@@ -193,19 +193,23 @@ class Feed:
     generated_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     scores: list[float] = field(default_factory=list)
     publication: str = ""
+    # Each item's category as its number in catalogue ``catalogue``'s categories
+    # (feature_store.catalogue.category_codes), for the category-filtered feeds; empty: not known.
+    category_codes: list[int] = field(default_factory=list)
+    catalogue: str = ""
 
     def to_json(self) -> str:
         # The publication first: the flip script reads it from the stored body's first bytes.
-        return json.dumps(
-            {
-                "publication": self.publication,
-                "items": self.items,
-                "scores": [round(s, 6) for s in self.scores],
-                "model_version": self.model_version,
-                "generated_at_ms": self.generated_at_ms,
-            },
-            separators=(",", ":"),
-        )
+        body = {
+            "publication": self.publication,
+            "items": self.items,
+            "scores": [round(s, 6) for s in self.scores],
+            "model_version": self.model_version,
+            "generated_at_ms": self.generated_at_ms,
+        }
+        if self.category_codes:
+            body.update(category_codes=self.category_codes, catalogue=self.catalogue)
+        return json.dumps(body, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> "Feed":
@@ -216,6 +220,8 @@ class Feed:
             generated_at_ms=int(data["generated_at_ms"]),
             scores=list(data.get("scores") or []),
             publication=str(data.get("publication", "")),
+            category_codes=list(data.get("category_codes") or []),
+            catalogue=str(data.get("catalogue") or ""),
         )
 
 

@@ -38,6 +38,8 @@ from typing import Any
 
 import orjson
 
+from feature_store.catalogue import category_codes
+
 TITLE_WEIGHT, KEYWORD_WEIGHT = 4.0, 1.0
 MIN_TYPO_LEN = 3
 MIN_PREFIX_LEN = 2
@@ -156,6 +158,7 @@ class SearchIndex:
     cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
     terms: list[str] = field(default_factory=list, repr=False)  # the vocabulary, sorted
     unions: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    codes: dict[str, int] = field(default_factory=dict, repr=False)  # catalogue.category_codes
 
     @classmethod
     def build(cls, version: str, docs: Iterable[str | bytes | Mapping[str, Any]]) -> "SearchIndex":
@@ -184,7 +187,7 @@ class SearchIndex:
         for item, category in seen.items():
             members.setdefault(category, set()).add(item)
         return cls(version, db, vocabulary, seen, categories=frozenset(members), terms=sorted(vocabulary),
-                   members={c: frozenset(m) for c, m in members.items()},
+                   members={c: frozenset(m) for c, m in members.items()}, codes=category_codes(members),
                    row_category=[""] + [r[2] for r in rows], row_price=[None] + [r[3] for r in rows])
 
     def __len__(self) -> int:
@@ -206,6 +209,11 @@ class SearchIndex:
             if len(self.unions) > UNION_CACHE:
                 self.unions.popitem(last=False)
         return found
+
+    def codes_of(self, categories: Iterable[str]) -> frozenset[int]:
+        """The numbers of these categories (lower case) in this version, as published feeds carry
+        them (:func:`feature_store.catalogue.category_codes`)."""
+        return frozenset(self.codes[c] for c in categories if c in self.codes)
 
     def search(self, text: str | None = None, *, categories: Iterable[str] = (), min_price: float | None = None,
                max_price: float | None = None, sort: str | None = None, limit: int = 20, offset: int = 0,

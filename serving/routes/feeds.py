@@ -138,12 +138,13 @@ def feed_query(request: Request, id_name: str) -> FeedQuery:
                      frozenset(exclude) if exclude else NO_IDS)
 
 
-async def known_categories(svc: Services, categories: list[str]) -> frozenset[str]:
-    """The item ids of ``categories`` in the current catalogue; raises :class:`BadInput` naming an
-    unknown category."""
+async def known_categories(svc: Services, categories: list[str]) -> dict[str, Any]:
+    """What the filtered feeds test items against: the item ids of ``categories`` in the current
+    catalogue, their numbers in it and its version (:func:`serving.filtered.resolve_filtered`'s
+    ``allowed``, ``codes``, ``catalogue``); raises :class:`BadInput` naming an unknown category."""
     index = await svc.catalogues.get(svc.store)
     check_categories(categories, index)
-    return index.members_of(categories)
+    return {"allowed": index.members_of(categories), "codes": index.codes_of(categories), "catalogue": index.version}
 
 
 # -- the fallback chain ---------------------------------------------------------------
@@ -223,8 +224,8 @@ async def user_feed(request: Request):
     if allowed is None:
         body = await resolve_user_page(svc.store, user_id, pinned, offset, limit, exclude)
     else:
-        body = await resolve_filtered(svc.store, allowed, categories, user_id=user_id, pinned=pinned,
-                                      offset=offset, limit=limit, exclude=exclude)
+        body = await resolve_filtered(svc.store, categories=categories, user_id=user_id, pinned=pinned,
+                                      offset=offset, limit=limit, exclude=exclude, **allowed)
     if body["source"] != "user":
         svc.metrics.inc(*FEED_FALLBACKS, source=body["source"])
     label_source(request, body["source"])
@@ -250,8 +251,8 @@ async def segment_feed(request: Request):
         (feed,) = await svc.store.feeds([("seg", segment)])
         body = published_page(feed, "segment", segment, pinned, offset, limit, exclude) if feed else None
     else:
-        body = await resolve_filtered(svc.store, allowed, categories, segment=segment, pinned=pinned,
-                                      offset=offset, limit=limit, exclude=exclude)
+        body = await resolve_filtered(svc.store, categories=categories, segment=segment, pinned=pinned,
+                                      offset=offset, limit=limit, exclude=exclude, **allowed)
     if body is None:
         return json_response({"error": f"no feed published for segment {segment!r}", "field": "segment",
                               "segment": segment}, status_code=404)

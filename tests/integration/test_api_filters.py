@@ -110,6 +110,27 @@ def test_a_new_publication_restarts_the_filtered_pages_and_says_so(private, shop
     assert _ids(after) == ["c25", "c26", "c27"]
 
 
+def test_a_changed_segment_is_followed_between_filtered_requests(private, shop):
+    """On one Redis node the category feeds come with the user's keys, for the segment of the
+    user's last filtered request (FeedStore.filtered_view): a changed segment, or a Redis that
+    forgot the user's script, still gets the current segment's category feeds."""
+    client, api = private
+    store = api.app.state.services.store
+    assert store.prefetch  # one node: the one-round-trip path is the one under test
+    client.hset(online.user_profile_key("u4"), mapping={"segment": SEGMENT})  # no own feed
+    page = {"category": "comedy", "limit": 2}
+    assert _ids(api.get("/v1/feeds/users/u4", params=page).json()) == ["c2", "c3"]
+    assert store.last_segment["u4"] == SEGMENT
+    assert _ids(api.get("/v1/feeds/users/u4", params=page).json()) == ["c2", "c3"]  # guessed right
+    client.hset(online.user_profile_key("u4"), mapping={"segment": PARENT})
+    moved = api.get("/v1/feeds/users/u4", params=page).json()  # guessed the old segment: read again
+    assert _ids(moved) == ["c7", "c4"] and moved["segment"] == PARENT
+    assert store.last_segment["u4"] == PARENT
+    client.script_flush()
+    assert _ids(api.get("/v1/feeds/users/u4", params=page).json()) == ["c7", "c4"]
+    assert _ids(api.get("/v1/feeds/users/u4", params=page).json()) == ["c7", "c4"]
+
+
 def test_segment_feed_by_two_categories(private, shop):
     _, api = private
     body = api.get(f"/v1/feeds/segments/{SEGMENT}", params={"category": "drama,comedy", "limit": 7}).json()

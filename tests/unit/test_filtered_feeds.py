@@ -26,6 +26,20 @@ def test_candidates_keep_the_categories_once_and_skip_excluded_items():
     assert found.entries == [("a1", 0.9, "user"), ("a3", 0.4, "segment")]
 
 
+def test_a_feed_with_category_numbers_of_the_workers_catalogue_is_filtered_by_them():
+    feed = {"items": ["a1", "x1", "a2", "a3"], "scores": [0.9, 0.8, 0.7], "category_codes": [0, 1, 0, 0],
+            "catalogue": "v2"}
+    by_numbers = Candidates(frozenset(), frozenset({"a2"}), codes=frozenset({0}), catalogue="v2")
+    by_numbers.add_feed(feed, "user")  # the numbers decide (the item set is not read: it is empty here)
+    assert by_numbers.entries == [("a1", 0.9, "user"), ("a3", None, "user")]
+    stale = Candidates(CATEGORY_A, frozenset(), codes=frozenset({1}), catalogue="v3")
+    stale.add_feed(feed, "user")  # numbers of another catalogue version: the item set decides
+    assert [item for item, _, _ in stale.entries] == ["a1", "a2", "a3"]
+    short = Candidates(CATEGORY_A, frozenset(), need=2, codes=frozenset({1}), catalogue="v2")
+    short.add_feed({"items": ["a1", "a2", "a3"], "category_codes": [1]}, "user")  # not one per item: ignored
+    assert [item for item, _, _ in short.entries] == ["a1", "a2"] and short.full
+
+
 def test_category_feeds_merge_by_score():
     feeds = [{"items": ["a1", "a2"], "scores": [0.9, 0.1]}, {"items": ["b1"], "scores": [0.5]}]
     assert merged_by_score(feeds) == [("a1", 0.9), ("b1", 0.5), ("a2", 0.1)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from feature_store import catalogue
 from serving.search_index import SearchIndex, alternatives, match_expression, one_edit, words
 
 ROWS = [
@@ -83,6 +84,9 @@ def test_pages_and_the_category_map(index):
     assert index.category_of["t1"] == "comedy" and index.categories == {"comedy", "drama", "music"}
     assert index.members_of(["drama", "music"]) == {"d1", "d2", "m1", "m2"} and index.members_of(["none"]) == set()
     assert index.members_of(["music", "drama"]) is index.members_of(["drama", "music"])
+    # the numbers published feeds carry: the version's categories, sorted, as the publisher numbers them
+    assert index.codes_of(["music", "comedy"]) == {0, 2} and index.codes_of(["none"]) == set()
+    assert index.codes == catalogue.category_codes(["Drama", "music", "comedy"])
     assert len(index) == 6
 
 
