@@ -31,7 +31,6 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import random
@@ -46,7 +45,7 @@ from pathlib import Path
 
 from bench.private import Private, free_port
 from feature_store import online
-from feature_store.catalogue import category_codes, write_catalogue
+from feature_store.catalogue import categories_key, with_category_codes, write_catalogue
 from feedloop.eta import Steps
 from feature_store.segments import fallbacks, segment_of
 from sources.simulator import make_catalogue
@@ -206,10 +205,8 @@ def seed(client, n_users: int, n_cold: int, n_segments: int, n_items: int, feed_
     pipe.execute()
     # as models.publish does: the catalogue first, then the feeds with their items' category numbers in it
     version = write_catalogue(client, [vars(i) for i in items])
-    codes = category_codes(i.category for i in items)
-    code_of = {i.item_id: codes[i.category.lower()] for i in items}
-    feeds = {ref: dataclasses.replace(f, category_codes=[code_of[i] for i in f.items], catalogue=version)
-             for ref, f in feeds.items()}
+    feeds = with_category_codes(feeds, ((i.item_id, i.category) for i in items), version,
+                                client.smembers(categories_key(version)))
     online.publish_feeds(client, feeds, ttl_s=3600)
     return {"users_with_feed": n_users, "cold_users": n_cold, "segment_feeds": len(segments), "items": n_items,
             "feed_size": feed_size, "categories": len(by_category), "category_feed_size": category_feed_size}

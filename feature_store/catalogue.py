@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -66,6 +67,26 @@ def category_codes(categories: Iterable[str]) -> dict[str, int]:
     category's whole set of items (docs/serving.md, "Filtered feeds: one round trip, category
     numbers")."""
     return {category: n for n, category in enumerate(sorted({c.lower() for c in categories}))}
+
+
+def with_category_codes(feeds: Mapping, item_categories: Iterable[tuple[str, Any]], version: str,
+                        categories: Iterable[str | bytes]) -> dict:
+    """Each feed (``online.Feed``) with its items' category numbers in catalogue ``version``, whose
+    categories as stored for it (``categories_key``) are ``categories``; ``item_categories``: the
+    ``(item_id, category)`` of the catalogue's rows. A feed with an item outside that version
+    keeps none. What ``models.publish`` publishes (and bench.serving seeds)."""
+    codes = category_codes(c.decode() if isinstance(c, bytes) else str(c) for c in categories)
+    code_of = {}
+    for item, category in item_categories:
+        code = codes.get(str(category or "any").lower())  # as item_doc stores it
+        if code is not None:
+            code_of[str(item)] = code
+    out = {}
+    for ref, feed in feeds.items():
+        numbers = [code_of.get(item) for item in feed.items]
+        known = bool(numbers) and None not in numbers
+        out[ref] = replace(feed, category_codes=numbers, catalogue=version) if known else feed
+    return out
 
 
 def _keywords(value: Any) -> list[str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
@@ -31,7 +31,7 @@ import pandas as pd
 import redis
 
 from feature_store import online
-from feature_store.catalogue import categories_key, category_codes
+from feature_store.catalogue import categories_key, with_category_codes
 from feature_store.segments import ANY, fallbacks
 from feedloop import clients
 from feedloop.settings import Settings, get_settings
@@ -185,25 +185,6 @@ def age_and_explore(client: redis.Redis, feeds: dict, items: pd.DataFrame, recen
     return {ref: refreshed.get(ref, feed) for ref, feed in feeds.items()}
 
 
-def with_category_codes(feeds: dict, items: pd.DataFrame, version: str, categories: Iterable) -> dict:
-    """Each feed with its items' category numbers in catalogue ``version``, whose categories (as
-    stored for it) are ``categories``: the filtered feeds then need no lookup of the item ids
-    (docs/serving.md, "Filtered feeds: one round trip, category numbers"). A feed with an item
-    outside that version keeps none."""
-    codes = category_codes(c.decode() if isinstance(c, bytes) else str(c) for c in categories)
-    code_of = {}
-    for item, category in zip(items["item_id"].astype(str), items["category"]):
-        code = codes.get(str(category or "any").lower())  # as catalogue.item_doc stores it
-        if code is not None:
-            code_of[item] = code
-    out = {}
-    for ref, feed in feeds.items():
-        numbers = [code_of.get(item) for item in feed.items]
-        known = bool(numbers) and None not in numbers
-        out[ref] = replace(feed, category_codes=numbers, catalogue=version) if known else feed
-    return out
-
-
 def write_profiles(client: redis.Redis, user_features: pd.DataFrame, chunk: int = 1000) -> int:
     """Write each user's profile hash (``segment, gender, age, interests``); returns how many."""
     rows = user_features.to_dict("records")
@@ -245,7 +226,8 @@ def publish_feeds_from_model(
                         settings.model.category_feed_size, settings.model.category_feeds_max)
     feeds = age_and_explore(client, feeds, items, recent, settings)
     if version is not None:
-        feeds = with_category_codes(feeds, items, version, client.smembers(categories_key(version)))
+        feeds = with_category_codes(feeds, zip(items["item_id"], items["category"]), version,
+                                    client.smembers(categories_key(version)))
     publication = online.publish_feeds(client, feeds, ttl_s=settings.redis.feed_ttl_s)
     kinds = pd.Series([kind for kind, _ in feeds]).value_counts()  # (per-category feeds: not counted)
     result = PublishResult(publication, model_version, int(kinds.get("seg", 0)), int(kinds.get("user", 0)), profiles)

@@ -12,7 +12,8 @@ import pytest
 from feature_store.segments import fallbacks
 from models import data
 from feature_store import online
-from models.publish import ROOT_SEGMENT, build_feeds, category_feeds, feed_segments, with_category_codes
+from feature_store.catalogue import with_category_codes
+from models.publish import ROOT_SEGMENT, build_feeds, category_feeds, feed_segments
 
 
 def _events(rows):
@@ -167,7 +168,8 @@ def test_feeds_carry_their_items_category_numbers_in_the_catalogue_version():
     feeds = {("user", "u1"): online.Feed(items=["d1", "c1", "n1"], model_version="7", scores=[3.0, 2.0, 1.0]),
              ("seg", "s"): online.Feed(items=["c1", "x9"], model_version="7")}  # x9: not in the catalogue
     stored = [b"any", b"comedy", b"drama", b"music"]  # the version's categories, as SMEMBERS returns them
-    out = with_category_codes(feeds, items, "1700", stored)
+    pairs = list(zip(items["item_id"], items["category"]))
+    out = with_category_codes(feeds, pairs, "1700", stored)
     user = out[("user", "u1")]
     assert user.category_codes == [2, 1, 0] and user.catalogue == "1700"  # any, comedy, drama, music
     assert user.items == ["d1", "c1", "n1"] and user.scores == [3.0, 2.0, 1.0]
@@ -176,4 +178,4 @@ def test_feeds_carry_their_items_category_numbers_in_the_catalogue_version():
     assert (back.category_codes, back.catalogue) == ([2, 1, 0], "1700")
     assert "category_codes" not in feeds[("seg", "s")].to_json()  # nothing stored for a feed without them
     # another version's categories (a newer catalogue won the race): an unknown category keeps none
-    assert with_category_codes(feeds, items, "1800", ["comedy", "drama"])[("user", "u1")].category_codes == []
+    assert with_category_codes(feeds, pairs, "1800", ["comedy", "drama"])[("user", "u1")].category_codes == []
