@@ -23,7 +23,7 @@ that feed, or other categories, start the pages again (``cursor_reset``).
 from __future__ import annotations
 
 from collections.abc import Container, Iterable, Mapping
-from itertools import compress, count
+from itertools import compress
 from typing import Any
 
 from feature_store import online
@@ -54,13 +54,19 @@ class Candidates:
     none skipped; it stops growing at ``need`` entries (a page and one more).
 
     ``codes``: the wanted categories' numbers in catalogue ``catalogue``. A feed published with
-    its items' numbers in that same catalogue is filtered by them (:meth:`add_feed`)."""
+    its items' numbers in that same catalogue is filtered by them (:meth:`add_feed`).
+
+    ``entries`` are the page's items as served (``item_id``, ``score``, ``position`` in the merged
+    list, ``source``), built once as they are taken; ``blocks`` the ``(first position, source)``
+    of each run of entries from one source, so a page names its sources without a pass over
+    its items (both measured: docs/serving.md, "Filtered feeds: one round trip, category numbers")."""
 
     def __init__(self, allowed: Container[str], skip: frozenset[str], need: int = 1 << 30,
                  codes: frozenset[int] | None = None, catalogue: str | None = None) -> None:
         self.allowed = allowed
         self.taken = set(skip)
-        self.entries: list[tuple[str, float | None, str]] = []
+        self.entries: list[dict[str, Any]] = []
+        self.blocks: list[tuple[int, str]] = []
         self.need = need
         self.codes, self.catalogue = codes, catalogue
 
@@ -73,30 +79,43 @@ class Candidates:
         path (docs/serving.md, "Filtered feeds: one round trip, category numbers"): testing each
         item id against the categories' item set (10,000 ids on the bench's catalogue, so a
         cache miss or two each) was ~25 µs of a filtered request, ~9–12 µs with the feed's
-        category numbers tested against a set of a few, in C (compress over map): only the
-        items that pass reach Python."""
+        category numbers tested against a set of a few, in C (compress over map and zip): only
+        the items that pass reach Python."""
         items, scores = feed["items"], feed.get("scores") or ()
+        if len(scores) < len(items):
+            scores = [*scores, *[None] * (len(items) - len(scores))]
         numbers = feed.get("category_codes")
         if (self.codes is not None and numbers and feed.get("catalogue") == self.catalogue
                 and len(numbers) == len(items)):
             keep = map(self.codes.__contains__, numbers)
         else:  # no numbers, or those of another catalogue version than the worker's
             keep = map(self.allowed.__contains__, items)
-        known = len(scores)
-        self._take(((items[n], scores[n] if n < known else None) for n in compress(count(), keep)), source)
+        self._take(compress(zip(items, scores), keep), source)
 
     def _take(self, rows: Iterable[tuple[str, float | None]], source: str) -> None:
         """Appends the rows (in the categories already) not taken yet, until ``need``; reads no
         row past that (``rows`` is lazy)."""
-        room = self.need - len(self.entries)
-        taken, append = self.taken, self.entries.append
+        entries = self.entries
+        position, need = len(entries), self.need
+        if position >= need:
+            return
+        first, taken, append = position, self.taken, entries.append
         for item, score in rows:
-            if room <= 0:
-                return
             if item not in taken:
                 taken.add(item)
-                append((item, score, source))
-                room -= 1
+                append({"item_id": item, "score": score, "position": position, "source": source})
+                position += 1
+                if position >= need:
+                    break
+        if position > first and (not self.blocks or self.blocks[-1][1] != source):
+            self.blocks.append((first, source))
+
+    def sources(self, start: int, stop: int) -> list[str]:
+        """The sources of the entries at positions ``start`` to ``stop`` (excluded), in order, each once."""
+        blocks = self.blocks
+        found = [source for n, (first, source) in enumerate(blocks)
+                 if first < stop and (n + 1 == len(blocks) or blocks[n + 1][0] > start)]
+        return list(dict.fromkeys(found)) if len(found) > 1 else found
 
     @property
     def full(self) -> bool:
@@ -125,7 +144,7 @@ def filtered_page(candidates: Candidates, meta: dict[str, Any], categories: list
     reset = pinned is not None and pinned != feed_id
     start = 0 if reset else offset
     rows = candidates.entries[start:start + limit]
-    sources = list(dict.fromkeys(source for _, _, source in rows))
+    sources = candidates.sources(start, start + len(rows)) if rows else []
     nxt = start + limit if len(candidates) > start + limit else None
     return {
         "source": sources[0] if sources else meta["source"],
@@ -136,8 +155,7 @@ def filtered_page(candidates: Candidates, meta: dict[str, Any], categories: list
         "generated_at": iso(meta["generated_at_ms"]),
         "generated_at_ms": meta["generated_at_ms"],
         "publication": meta["publication"],
-        "items": [{"item_id": item, "score": score, "position": start + n, "source": source}
-                  for n, (item, score, source) in enumerate(rows)],
+        "items": rows,
         "next_cursor": encode_cursor(feed_id, nxt) if nxt is not None else None,
         "cursor_reset": reset,
         "categories": categories,

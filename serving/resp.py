@@ -319,8 +319,16 @@ class AsyncRedis:
     async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Reply]:
         """Several commands in one write; their replies in order (the first error is raised)."""
         protocol = await self._connection()
-        futures = protocol.send(b"".join(encode(c) for c in commands), len(commands))
-        return [await f for f in futures]
+        if not commands:
+            return []
+        futures = protocol.send(b"".join([encode(c) for c in commands]), len(commands))
+        # Replies come in order, so once the last one is in, all are: one wait, not one per
+        # command (a filtered feed's two-command pipeline, ~4 µs of its request under load).
+        try:
+            await futures[-1]
+        except rex.RedisError:
+            pass  # the first failed command's error is raised below, as its reply comes first
+        return [f.result() for f in futures]
 
     async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Any] = ()) -> Reply:
         """Run ``script``; loads it first when Redis does not know it yet."""

@@ -15,6 +15,12 @@ from serving.pages import decode_cursor
 
 CATEGORY_A = frozenset({"a1", "a2", "a3"})
 CATEGORIES_AB = CATEGORY_A | {"b1", "b2"}
+
+
+def rows(found: Candidates) -> list[tuple]:
+    return [(e["item_id"], e["score"], e["source"]) for e in found.entries]
+
+
 META = {"source": "user", "feed_id": "user:u1@5", "model_version": "7", "generated_at_ms": 1767225600000,
         "publication": "5"}
 
@@ -23,7 +29,8 @@ def test_candidates_keep_the_categories_once_and_skip_excluded_items():
     found = Candidates(CATEGORY_A, frozenset({"a2"}))
     found.add([("a1", 0.9), ("b1", 0.8), ("a2", 0.7), ("zz", 0.6)], "user")
     found.add([("a1", 0.5), ("a3", 0.4)], "segment")
-    assert found.entries == [("a1", 0.9, "user"), ("a3", 0.4, "segment")]
+    assert rows(found) == [("a1", 0.9, "user"), ("a3", 0.4, "segment")]
+    assert [e["position"] for e in found.entries] == [0, 1]
 
 
 def test_a_feed_with_category_numbers_of_the_workers_catalogue_is_filtered_by_them():
@@ -31,13 +38,28 @@ def test_a_feed_with_category_numbers_of_the_workers_catalogue_is_filtered_by_th
             "catalogue": "v2"}
     by_numbers = Candidates(frozenset(), frozenset({"a2"}), codes=frozenset({0}), catalogue="v2")
     by_numbers.add_feed(feed, "user")  # the numbers decide (the item set is not read: it is empty here)
-    assert by_numbers.entries == [("a1", 0.9, "user"), ("a3", None, "user")]
+    assert rows(by_numbers) == [("a1", 0.9, "user"), ("a3", None, "user")]
     stale = Candidates(CATEGORY_A, frozenset(), codes=frozenset({1}), catalogue="v3")
     stale.add_feed(feed, "user")  # numbers of another catalogue version: the item set decides
-    assert [item for item, _, _ in stale.entries] == ["a1", "a2", "a3"]
+    assert [item for item, _, _ in rows(stale)] == ["a1", "a2", "a3"]
     short = Candidates(CATEGORY_A, frozenset(), need=2, codes=frozenset({1}), catalogue="v2")
     short.add_feed({"items": ["a1", "a2", "a3"], "category_codes": [1]}, "user")  # not one per item: ignored
-    assert [item for item, _, _ in short.entries] == ["a1", "a2"] and short.full
+    assert [item for item, _, _ in rows(short)] == ["a1", "a2"] and short.full
+
+
+def test_the_sources_of_a_slice_are_those_of_its_entries_in_order():
+    found = Candidates(CATEGORIES_AB, frozenset())
+    found.add([("a1", 0.9), ("a2", 0.8)], "user")
+    found.add([("a1", 0.5)], "segment")  # nothing new: no run of segment entries
+    found.add([("b1", 0.5)], "segment")
+    found.add([("a3", 0.4)], "segment")  # the same run as b1
+    found.add([("b2", 3.0)], "popular")
+    assert found.blocks == [(0, "user"), (2, "segment"), (4, "popular")]
+    assert found.sources(0, 5) == ["user", "segment", "popular"]
+    assert found.sources(1, 3) == ["user", "segment"]
+    assert found.sources(2, 4) == ["segment"]
+    assert found.sources(3, 5) == ["segment", "popular"]
+    assert found.sources(4, 5) == ["popular"]
 
 
 def test_category_feeds_merge_by_score():
