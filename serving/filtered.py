@@ -59,7 +59,7 @@ class Candidates:
     ``entries`` are the page's items as served (``item_id``, ``score``, ``position`` in the merged
     list, ``source``), built once as they are taken; ``blocks`` the ``(first position, source)``
     of each run of entries from one source, so a page names its sources without a pass over
-    its items (both measured: docs/serving.md, "Filtered feeds: one round trip, category numbers")."""
+    its items (measured: docs/serving.md, "Filtered feeds: items built once")."""
 
     def __init__(self, allowed: Container[str], skip: frozenset[str], need: int = 1 << 30,
                  codes: frozenset[int] | None = None, catalogue: str | None = None) -> None:

@@ -323,7 +323,8 @@ class AsyncRedis:
             return []
         futures = protocol.send(b"".join([encode(c) for c in commands]), len(commands))
         # Replies come in order, so once the last one is in, all are: one wait, not one per
-        # command (a filtered feed's two-command pipeline, ~4 µs of its request under load).
+        # command (py-spy: part of a filtered feed's pipeline cost; docs/serving.md, "Filtered
+        # feeds: items built once").
         try:
             await futures[-1]
         except rex.RedisError:
