@@ -112,10 +112,11 @@ class Candidates:
 
     def sources(self, start: int, stop: int) -> list[str]:
         """The sources of the entries at positions ``start`` to ``stop`` (excluded), in order, each once."""
+        if start >= stop:
+            return []
         blocks = self.blocks
-        found = [source for n, (first, source) in enumerate(blocks)
-                 if first < stop and (n + 1 == len(blocks) or blocks[n + 1][0] > start)]
-        return list(dict.fromkeys(found)) if len(found) > 1 else found
+        ends = [first for first, _ in blocks[1:]] + [len(self.entries)]
+        return list(dict.fromkeys(source for (first, source), end in zip(blocks, ends) if first < stop and end > start))
 
     @property
     def full(self) -> bool:
@@ -144,7 +145,7 @@ def filtered_page(candidates: Candidates, meta: dict[str, Any], categories: list
     reset = pinned is not None and pinned != feed_id
     start = 0 if reset else offset
     rows = candidates.entries[start:start + limit]
-    sources = candidates.sources(start, start + len(rows)) if rows else []
+    sources = candidates.sources(start, start + len(rows))
     nxt = start + limit if len(candidates) > start + limit else None
     return {
         "source": sources[0] if sources else meta["source"],

@@ -318,9 +318,9 @@ class AsyncRedis:
 
     async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Reply]:
         """Several commands in one write; their replies in order (the first error is raised)."""
-        protocol = await self._connection()
         if not commands:
             return []
+        protocol = await self._connection()
         futures = protocol.send(b"".join([encode(c) for c in commands]), len(commands))
         # Replies come in order, so once the last one is in, all are: one wait, not one per
         # command (py-spy: part of a filtered feed's pipeline cost; docs/serving.md, "Filtered

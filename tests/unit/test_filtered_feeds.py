@@ -60,6 +60,7 @@ def test_the_sources_of_a_slice_are_those_of_its_entries_in_order():
     assert found.sources(2, 4) == ["segment"]
     assert found.sources(3, 5) == ["segment", "popular"]
     assert found.sources(4, 5) == ["popular"]
+    assert found.sources(5, 5) == [] and found.sources(3, 3) == []  # an empty page names none
 
 
 def test_category_feeds_merge_by_score():
