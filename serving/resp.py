@@ -316,12 +316,14 @@ class AsyncRedis:
         (future,) = protocol.send(encode(args), 1)
         return await future
 
-    async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Reply]:
-        """Several commands in one write; their replies in order (the first error is raised)."""
+    async def pipeline(self, commands: Sequence[Sequence[Any] | bytes]) -> list[Reply]:
+        """Several commands in one write; their replies in order (the first error is raised). A
+        command may be given already encoded (:func:`encode`'s bytes), as a cached one is."""
         if not commands:
             return []
         protocol = await self._connection()
-        futures = protocol.send(b"".join([encode(c) for c in commands]), len(commands))
+        data = b"".join([c if type(c) is bytes else encode(c) for c in commands])
+        futures = protocol.send(data, len(commands))
         # Replies come in order, so once the last one is in, all are: one wait, not one per
         # command (py-spy: part of a filtered feed's pipeline cost; docs/serving.md, "Filtered
         # feeds: items built once").

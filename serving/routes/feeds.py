@@ -143,8 +143,10 @@ async def known_categories(svc: Services, categories: list[str]) -> dict[str, An
     catalogue, their numbers in it and its version (:func:`serving.filtered.resolve_filtered`'s
     ``allowed``, ``codes``, ``catalogue``); raises :class:`BadInput` naming an unknown category."""
     index = await svc.catalogues.get(svc.store)
-    check_categories(categories, index)
-    return {"allowed": index.members_of(categories), "codes": index.codes_of(categories), "catalogue": index.version}
+    found = index.category_filter(categories) if index is not None else None
+    if found is None:
+        check_categories(categories, index)  # raises, naming the unknown category
+    return found
 
 
 # -- the fallback chain ---------------------------------------------------------------

@@ -12,6 +12,8 @@ from feature_store import catalogue
 from serving.catalogues import Catalogues
 from serving.filtered import Candidates, filtered_page, merged_by_score
 from serving.pages import decode_cursor
+from serving.resp import AsyncRedis
+from serving.store import SHARED_FEED_MEMORY, FeedStore, category_feed_keys, category_feeds_mget
 
 CATEGORY_A = frozenset({"a1", "a2", "a3"})
 CATEGORIES_AB = CATEGORY_A | {"b1", "b2"}
@@ -154,3 +156,29 @@ def test_a_failed_build_keeps_the_old_index_and_is_tried_again():
         return (await copies.get(store)).version
 
     assert asyncio.run(run()) == "2"
+
+
+def test_shared_feeds_are_decoded_once_per_text_and_a_new_publication_is_read_anew():
+    store = FeedStore(AsyncRedis("127.0.0.1", 1))  # never connects: only the decoding is used
+    first = orjson.dumps({"items": ["a1", "a2"], "publication": "5", "generated_at_ms": 1}).decode()
+    newer = orjson.dumps({"items": ["a3"], "publication": "6", "generated_at_ms": 2}).decode()
+    feed = store.shared_feed(first)
+    assert feed["items"] == ["a1", "a2"] and store.shared_feed(first) is feed
+    assert store.shared_feed(newer)["items"] == ["a3"] and store.shared_feed(None) is None
+    for n in range(SHARED_FEED_MEMORY):  # bounded: the oldest text is forgotten first
+        store.shared_feed(orjson.dumps({"items": [f"x{n}"]}).decode())
+    assert len(store.decoded) == SHARED_FEED_MEMORY and first not in store.decoded
+
+
+def test_only_plain_segments_are_remembered_for_the_prefetch_and_the_oldest_user_is_forgotten(monkeypatch):
+    store = FeedStore(AsyncRedis("127.0.0.1", 1))
+    store._remember("u1", "F|25-34|comedy")
+    assert store.last_segment == {"u1": "F|25-34|comedy"}
+    store._remember("u1", "F|25-34|com edy")  # its category feeds are not looked up by key: forgotten
+    assert store.last_segment == {}
+    monkeypatch.setattr("serving.store.SEGMENT_MEMORY", 2)
+    for user in ("u1", "u2", "u3"):
+        store._remember(user, "M|any|drama")
+    assert list(store.last_segment) == ["u2", "u3"]
+    assert category_feeds_mget("F|25-34|comedy", ("drama",)).split(b"\r\n")[2::2] == [
+        b"MGET", *(k.encode() for k in category_feed_keys("F|25-34|comedy", ("drama",)))]

@@ -156,3 +156,15 @@ def test_acl_user_is_sent_with_auth():
 
         asyncio.run(run())
     assert server.received == [["AUTH", "reader", "pw"]]
+
+
+def test_a_pipeline_sends_already_encoded_commands_as_they_are():
+    with error_server("WRONGTYPE Operation against a key holding the wrong kind of value") as server:
+        async def run():
+            client = resp.AsyncRedis("127.0.0.1", server.server_address[1], timeout_s=2)
+            with pytest.raises(rex.ResponseError):
+                await client.pipeline([("GET", "a"), resp.encode(("MGET", "b", "c"))])
+            await client.close()
+
+        asyncio.run(run())
+    assert server.received == [["GET", "a"], ["MGET", "b", "c"]]

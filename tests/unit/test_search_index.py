@@ -87,6 +87,11 @@ def test_pages_and_the_category_map(index):
     # the numbers published feeds carry: the version's categories, sorted, as the publisher numbers them
     assert index.codes_of(["music", "comedy"]) == {0, 2} and index.codes_of(["none"]) == set()
     assert index.codes == catalogue.category_codes(["Drama", "music", "comedy"])
+    # what a filtered feed tests against: built once per categories, None naming an unknown one
+    wanted = index.category_filter(["drama", "music"])
+    assert wanted == {"allowed": {"d1", "d2", "m1", "m2"}, "codes": {1, 2}, "catalogue": index.version}
+    assert index.category_filter(["drama", "music"]) is wanted
+    assert index.category_filter(["drama", "none"]) is None
     assert len(index) == 6
 
 
