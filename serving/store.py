@@ -103,7 +103,7 @@ class FeedStore:
         :data:`SHARED_FEED_MEMORY` most recently used are kept decoded, keyed by their text, so a
         new publication is a new key and none is ever stale. Callers only read them. Measured
         reason (docs/serving.md, "Filtered feeds: shared feeds decoded once"): decoding a 50-item
-        feed costs ~2.8 µs, on every filtered request, where the lookup costs ~0.5 µs (hashing
+        feed costs ~3.4 µs, on every filtered request, where the lookup costs ~0.6 µs (hashing
         the text). An ``OrderedDict``: a plain dict's first key after many deletions at its front
         is found by a scan, which made the lookup cost more than the decoding."""
         if not raw:
