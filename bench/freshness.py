@@ -79,7 +79,7 @@ def trial(settings, client, producer, segment: str, fans: list[str], clicks: int
         producer.send(settings.kafka.events_topic, new_event("click", fans[n % len(fans)], item, position=0))
     producer.flush()
     seen: dict[str, float] = {}
-    while time.time() - started < timeout_s and len(seen) < 2:
+    while time.time() - started < timeout_s and not ("feed" in seen and "trending" in seen):
         if "feed" not in seen:
             feed = online.read_feed(client, "seg", segment)
             if feed is not None and item in feed.items:
