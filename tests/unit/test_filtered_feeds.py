@@ -180,5 +180,8 @@ def test_only_plain_segments_are_remembered_for_the_prefetch_and_the_oldest_user
     for user in ("u1", "u2", "u3"):
         store._remember(user, "M|any|drama")
     assert list(store.last_segment) == ["u2", "u3"]
+
+
+def test_the_category_feeds_mget_is_encoded_with_the_chains_keys():
     assert category_feeds_mget("F|25-34|comedy", ("drama",)).split(b"\r\n")[2::2] == [
         b"MGET", *(k.encode() for k in category_feed_keys("F|25-34|comedy", ("drama",)))]
