@@ -22,7 +22,11 @@ earlier batches less ``spark.aggregates_late_after_s`` (default 10 minutes). An
 event older than that is too late for the trending windows: it is left out of
 them and counted (``late`` in the sink's progress and ``feedloop status``); it
 still counts for popular, the user's stats and recent history, which have no
-window to be late for.
+window to be late for. The newest event time is capped at the wall clock (stored
+and read): the validator admits events up to a day ahead (clock skew, a simulated
+day such as ``make demo``'s), and one such event would otherwise put the watermark
+hours ahead and make every live event late for the windows, which are the wall
+clock's current panes.
 
 **Idempotent per batch.** The increments are applied in MULTI/EXEC chunks of at
 most ``CHUNK_COMMANDS`` commands, each recording how many chunks of the batch are
@@ -149,10 +153,15 @@ def watermark_key(marker: str) -> str:
     return marker + ":watermark"
 
 
-def read_watermark(client, marker: str, late_after_ms: int) -> int:
-    """The watermark for the next batch: newest event time applied so far less the allowed lateness."""
+def read_watermark(client, marker: str, late_after_ms: int, now_ms: int | None = None) -> int:
+    """The watermark for the next batch: newest event time applied so far, never later than now (a value
+    stored ahead of the clock, before the cap in :func:`_close_batch`, counts as now), less the allowed
+    lateness."""
     newest = client.get(watermark_key(marker))
-    return NO_WATERMARK if newest is None else int(newest) - late_after_ms
+    if newest is None:
+        return NO_WATERMARK
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    return min(int(newest), now) - late_after_ms
 
 
 CHUNK_COMMANDS = 2000  # commands per MULTI/EXEC: ~tens of ms of Redis time, far under the API's 0.25 s timeout
@@ -272,8 +281,8 @@ def _close_batch(pipe, marker: str, batch_id: int, agg: BatchAggregates, now: in
     pipe.expire(online.trending_key("1m"), TRENDING_1M_TTL_S)
     pipe.zunionstore(online.trending_key("10m"), [pane_key("5m", current_5m - SLIDE_MS), pane_key("5m", current_5m)])
     pipe.expire(online.trending_key("10m"), TRENDING_10M_TTL_S)
-    if agg.max_ts is not None:  # the newest event time moves forward only
-        online.raise_pointers(pipe, [watermark_key(marker)], int(agg.max_ts))
+    if agg.max_ts is not None:  # the newest event time moves forward only, and never past the wall clock
+        online.raise_pointers(pipe, [watermark_key(marker)], min(int(agg.max_ts), now))
     pipe.set(marker, batch_id)
     pipe.delete(chunk_key(marker))
 

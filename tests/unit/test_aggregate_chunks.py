@@ -66,3 +66,34 @@ def test_a_single_redis_keeps_one_group_with_the_live_group_closing():
     cmds = batch_commands(agg())
     assert command_groups(redis.Redis(port=1), cmds) == [("live", cmds)]
     assert command_groups(redis.Redis(port=1), []) == [("live", [])]
+
+
+class Recorder(list):
+    """A pipeline that records its commands."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self.append((name, args))
+
+
+def stored_newest(batch_max_ts, now):
+    from spark.stream_aggregates import _close_batch, watermark_key
+
+    pipe = Recorder()
+    _close_batch(pipe, M, 7, BatchAggregates([], [], [], [], [], events=1, max_ts=batch_max_ts), now)
+    (script,) = [args for name, args in pipe if name == "execute_command"]
+    assert script[2:4] == (1, watermark_key(M))
+    return script[4]
+
+
+def test_the_watermark_never_runs_ahead_of_the_wall_clock():
+    from spark.stream_aggregates import read_watermark, watermark_key
+
+    now = 1_800_000_000_000
+    hours = 3600 * 1000
+    # a batch of events stamped in the past stores its newest event time; one stamped ahead stores now
+    assert stored_newest(now - 5_000, now) == now - 5_000
+    assert stored_newest(now + 12 * hours, now) == now  # a day simulated up to its end (make demo's)
+    # a newest time stored ahead of the clock (before the cap) reads as now: live events stay on time
+    assert read_watermark(Store({watermark_key(M): str(now + 12 * hours)}), M, 600_000, now) == now - 600_000
+    assert read_watermark(Store({watermark_key(M): str(now - hours)}), M, 600_000, now) == now - hours - 600_000
+    assert read_watermark(Store(), M, 600_000, now) < 0  # nothing applied yet: nothing is late
