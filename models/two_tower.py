@@ -109,6 +109,17 @@ class TowerConfig:
 
 
 # ------------------------------------------------------------------ towers
+def lookup(layer: keras.layers.Embedding, ids):
+    """``layer(ids)``, as a gather on the table's variable (``ResourceGather``). Measured reason
+    (docs/model.md, "Training speed"): Keras' ``Embedding`` reads the whole table first
+    (``ReadVariableOp``), and once the sparse optimiser has scattered into a table, TensorFlow
+    keeps it in copy-on-read mode, so that read copies all ``hash_buckets`` rows (25 MB at 64
+    dimensions) in every step: the user and item tables' copies were ~30% of the step."""
+    if not layer.built:  # the towers' first call builds them
+        layer.build()
+    return tf.gather(_tf_variable(layer.embeddings), ids)
+
+
 def _masked_mean(vectors, mask):
     """Mean of ``vectors [B, n, d]`` over the entries where ``mask [B, n]``; zero when none."""
     mask = tf.cast(mask, vectors.dtype)
@@ -176,16 +187,16 @@ class QueryTower(keras.Model):
     def pool_history(self, history):
         """Pooled embedding of the known history buckets ``[B, L]`` (zero for an empty history)."""
         known = tf.cast(tf.not_equal(history, 0), self.compute_dtype)
-        total = tf.reduce_sum(self.history_embedding(history) * known[..., tf.newaxis], axis=1)
+        total = tf.reduce_sum(lookup(self.history_embedding, history) * known[..., tf.newaxis], axis=1)
         return pool(total, tf.reduce_sum(known, axis=1, keepdims=True), self.history_pooling)
 
     def encode(self, user, parts, history_vector, training=False):
         known = tf.cast(tf.not_equal(user, 0), self.compute_dtype)[:, tf.newaxis]
         features = tf.concat([
-            self.user_embedding(user) * known,
-            self.gender_embedding(parts[:, 0]),
-            self.age_band_embedding(parts[:, 1]),
-            self.interest_embedding(parts[:, 2]),
+            lookup(self.user_embedding, user) * known,
+            lookup(self.gender_embedding, parts[:, 0]),
+            lookup(self.age_band_embedding, parts[:, 1]),
+            lookup(self.interest_embedding, parts[:, 2]),
             history_vector,
         ], axis=-1)
         return self.head(features, training=training)
@@ -218,8 +229,8 @@ class ItemTower(keras.Model):
 
     def encode(self, item, categories, training=False):
         known = tf.cast(tf.not_equal(item, 0), self.compute_dtype)[:, tf.newaxis]
-        category = _masked_mean(self.category_embedding(categories), tf.not_equal(categories, 0))
-        return self.head(tf.concat([self.item_embedding(item) * known, category], axis=-1), training=training)
+        category = _masked_mean(lookup(self.category_embedding, categories), tf.not_equal(categories, 0))
+        return self.head(tf.concat([lookup(self.item_embedding, item) * known, category], axis=-1), training=training)
 
     def call(self, inputs, training=False):
         return self.encode(*self.indices(inputs), training)
@@ -566,8 +577,12 @@ class TwoTower:
             with tf.GradientTape() as tape:
                 # [used, d]: one sparse gradient, on the rows used only (not the whole catalogue)
                 item_vectors = tf.gather(history_table.value, tf.gather(t["item_bucket"], used))
-                history_vectors = tf.gather(item_vectors, used_slot[:n_history])
-                user_sum = tf.math.unsorted_segment_sum(history_vectors * kept_f, history_user, slots)
+                # each user's kept history summed as one sparse [users, used] x [used, d] product (and its
+                # gradient as the transposed product): no [history, d] gather, mask and segment sum
+                adjacency = tf.SparseTensor(
+                    tf.stack([tf.cast(history_user, tf.int64), tf.cast(used_slot[:n_history], tf.int64)], axis=1),
+                    kept_f[:, 0], tf.cast(tf.stack([slots, tf.shape(used)[0]]), tf.int64))
+                user_sum = tf.sparse.sparse_dense_matmul(adjacency, item_vectors)
                 own_vectors = tf.gather(item_vectors, used_slot[n_history:])
                 total = tf.gather(user_sum, user_slot) - own_kept * own_vectors
                 count = tf.gather(user_count, user_slot) - own_kept
