@@ -246,3 +246,22 @@ def test_pickle_payloads_are_found_by_name_or_by_their_first_bytes(tmp_path):
     (tmp_path / "python_model.pkl").write_bytes(b"")
     (tmp_path / "artifacts" / "weights.bin").write_bytes(pickle.dumps({"a": 1}, protocol=4))
     assert pickle_payloads(tmp_path) == ["artifacts/weights.bin", "python_model.pkl"]
+
+
+def test_lookup_reads_what_the_layer_reads_and_trains_only_the_rows_used():
+    from models.two_tower import lookup
+
+    layer = tf.keras.layers.Embedding(8, 3)
+    ids = tf.constant([5, 1, 5], dtype=tf.int64)
+    looked_up = lookup(layer, ids)  # builds the layer, as the towers' first call does
+    np.testing.assert_array_equal(looked_up.numpy(), layer(ids).numpy())
+    opt = SparseAdam(layer.trainable_variables, 0.1)
+    before = layer.embeddings.numpy().copy()
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(lookup(layer, ids))
+    grads = tape.gradient(loss, layer.trainable_variables)
+    assert isinstance(grads[0], tf.IndexedSlices)  # a sparse gradient, not the whole table
+    opt.apply(grads)
+    changed = np.flatnonzero(np.abs(layer.embeddings.numpy() - before).sum(axis=1) > 0)
+    assert changed.tolist() == [1, 5]
+    np.testing.assert_array_equal(lookup(layer, ids).numpy(), layer(ids).numpy())  # after a scatter too
