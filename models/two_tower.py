@@ -47,6 +47,7 @@ CATEGORY_SEPARATOR = "|"
 NO_ID = ""
 HISTORY_SEPARATOR = " "  # the pyfunc's optional ``history`` column, when given as one string
 ADAGRAD_INITIAL_ACCUMULATOR = 0.1
+HISTORY_DENSE_MIN_DENSITY = 50  # the history product goes dense above 1 set cell in 50 (_history_sums)
 ADAGRAD_EPSILON = 1e-7
 
 
@@ -258,8 +259,7 @@ def in_batch_softmax_loss(query, candidate, log_q, weight, item_ids, temperature
         ones = tf.ones_like(query[:, :1])
         logits = tf.matmul(tf.concat([query / temperature, ones], axis=1),
                            tf.concat([candidate, -log_q[:, tf.newaxis]], axis=1), transpose_b=True)
-        per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=logits)
-        return tf.reduce_sum(per_row * weight) / tf.reduce_sum(weight)
+        return _weighted_cross_entropy(logits, tf.cast(labels, tf.int32), weight)
     logits = tf.matmul(query, candidate, transpose_b=True) / temperature
     logits = logits - log_q[tf.newaxis, :]
     if item_ids.dtype == tf.string:
@@ -268,7 +268,14 @@ def in_batch_softmax_loss(query, candidate, log_q, weight, item_ids, temperature
     same_item = tf.equal(item_ids[:rows, tf.newaxis], item_ids[tf.newaxis, :])
     not_self = tf.logical_not(tf.eye(rows, columns, dtype=tf.bool))
     logits = tf.where(tf.logical_and(same_item, not_self), tf.constant(-1e9, logits.dtype), logits)
-    per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.range(rows), logits=logits)
+    return _weighted_cross_entropy(logits, tf.range(rows), weight)
+
+
+def _weighted_cross_entropy(logits, labels, weight):
+    """The weighted mean of each row's softmax cross-entropy, as log-sum-exp minus the label's logit:
+    the same value and gradient as ``tf.nn.sparse_softmax_cross_entropy_with_logits``, which ran on one
+    thread at about half the speed here ([1,024, 1,400] logits, forward and backward: 5.7 against 2.7 ms)."""
+    per_row = tf.reduce_logsumexp(logits, axis=1) - tf.gather(logits, labels, batch_dims=1)
     return tf.reduce_sum(per_row * weight) / tf.reduce_sum(weight)
 
 
@@ -390,6 +397,27 @@ def _batch_histories(t, user_rows, position, drop):
     slots = tf.shape(batch_users)[0]
     user_count = tf.math.unsorted_segment_sum(kept_f, history_user, slots)
     return user_slot, history, history_user, kept_f, own_kept, slots, user_count
+
+
+def _history_sums(indices, values, shape, item_vectors):
+    """``[users, d]``: the ``[users, used]`` adjacency (``indices``, ``values``, ``shape``; duplicates add up)
+    times ``item_vectors [used, d]``, and its gradient the transposed product.
+
+    Dense when at least 1 in ``HISTORY_DENSE_MIN_DENSITY`` cells is set (ML-100K's batches: ~5%), else sparse.
+    Measured here (a 30-step median, forward and backward, d 64): 640 users x 1,682 items with
+    55,000 entries took 4.9 ms sparse and 1.0 ms dense; 900 x 10,000 with 40,000 entries 4.2 ms sparse and
+    13.0 ms dense; they meet near 1%. TensorFlow's sparse product runs on one thread, one entry at a time.
+    """
+    cells = tf.cast(shape[0] * shape[1], tf.float32)
+    dense = tf.cast(tf.shape(values)[0], tf.float32) * HISTORY_DENSE_MIN_DENSITY >= cells
+
+    def dense_product():  # built by a segment sum on the flat cell index: ~2.5x faster than scatter_nd here
+        cell = indices[:, 0] * shape[1] + indices[:, 1]
+        return tf.matmul(tf.reshape(tf.math.unsorted_segment_sum(values, cell, shape[0] * shape[1]), shape),
+                         item_vectors)
+
+    return tf.cond(dense, dense_product,
+                   lambda: tf.sparse.sparse_dense_matmul(tf.SparseTensor(indices, values, shape), item_vectors))
 
 
 class TwoTower:
@@ -577,12 +605,11 @@ class TwoTower:
             with tf.GradientTape() as tape:
                 # [used, d]: one sparse gradient, on the rows used only (not the whole catalogue)
                 item_vectors = tf.gather(history_table.value, tf.gather(t["item_bucket"], used))
-                # each user's kept history summed as one sparse [users, used] x [used, d] product (and its
-                # gradient as the transposed product): no [history, d] gather, mask and segment sum
-                adjacency = tf.SparseTensor(
+                # each user's kept history summed as one [users, used] x [used, d] product, dense or sparse
+                # (and its gradient as the transposed product): no [history, d] gather, mask and segment sum
+                user_sum = _history_sums(
                     tf.stack([tf.cast(history_user, tf.int64), tf.cast(used_slot[:n_history], tf.int64)], axis=1),
-                    kept_f[:, 0], tf.cast(tf.stack([slots, tf.shape(used)[0]]), tf.int64))
-                user_sum = tf.sparse.sparse_dense_matmul(adjacency, item_vectors)
+                    kept_f[:, 0], tf.cast(tf.stack([slots, tf.shape(used)[0]]), tf.int64), item_vectors)
                 own_vectors = tf.gather(item_vectors, used_slot[n_history:])
                 total = tf.gather(user_sum, user_slot) - own_kept * own_vectors
                 count = tf.gather(user_count, user_slot) - own_kept

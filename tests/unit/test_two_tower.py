@@ -265,3 +265,43 @@ def test_lookup_reads_what_the_layer_reads_and_trains_only_the_rows_used():
     changed = np.flatnonzero(np.abs(layer.embeddings.numpy() - before).sum(axis=1) > 0)
     assert changed.tolist() == [1, 5]
     np.testing.assert_array_equal(lookup(layer, ids).numpy(), layer(ids).numpy())  # after a scatter too
+
+
+@pytest.mark.parametrize("users, items, entries, dense", [(6, 5, 20, True), (40, 900, 30, False)])
+def test_history_sums_equal_the_sparse_product_and_its_gradient_on_either_path(users, items, entries, dense):
+    from models.two_tower import HISTORY_DENSE_MIN_DENSITY, _history_sums
+
+    rng = np.random.default_rng(3)
+    indices = tf.constant(np.stack([rng.integers(0, users, entries), rng.integers(0, items, entries)], axis=1))
+    indices = tf.concat([indices, indices[:2]], axis=0)  # a repeated entry adds up, as in the sparse product
+    values = tf.constant(rng.choice([0.0, 1.0], entries + 2).astype(np.float32))  # 0: a dropped entry
+    shape = tf.constant([users, items], dtype=tf.int64)
+    vectors = tf.Variable(rng.normal(size=(items, 4)).astype(np.float32))
+    upstream = tf.constant(rng.normal(size=(users, 4)).astype(np.float32))
+    results = []
+    for product in (_history_sums, lambda i, v, s, x: tf.sparse.sparse_dense_matmul(tf.SparseTensor(i, v, s), x)):
+        with tf.GradientTape() as tape:
+            total = product(indices, values, shape, vectors)
+        results.append((total.numpy(), tf.convert_to_tensor(tape.gradient(total, vectors, upstream)).numpy()))
+    assert ((entries + 2) * HISTORY_DENSE_MIN_DENSITY >= users * items) == dense  # the path this case runs
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
+    assert np.abs(results[0][0]).sum() > 0
+
+
+def test_the_weighted_cross_entropy_equals_tensorflows_with_its_gradient():
+    from models.two_tower import _weighted_cross_entropy
+
+    rng = np.random.default_rng(4)
+    logits = tf.Variable(rng.normal(size=(7, 11)).astype(np.float32) * 8)
+    labels = tf.constant(rng.integers(0, 11, 7).astype(np.int32))
+    weight = tf.constant(rng.random(7).astype(np.float32) + 0.1)
+    reference = lambda: tf.reduce_sum(  # noqa: E731
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits) * weight) / tf.reduce_sum(weight)
+    values = []
+    for loss in (lambda: _weighted_cross_entropy(logits, labels, weight), reference):
+        with tf.GradientTape() as tape:
+            value = loss()
+        values.append((value.numpy(), tf.convert_to_tensor(tape.gradient(value, logits)).numpy()))
+    np.testing.assert_allclose(values[0][0], values[1][0], rtol=1e-5)
+    np.testing.assert_allclose(values[0][1], values[1][1], rtol=1e-5, atol=1e-7)
