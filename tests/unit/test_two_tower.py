@@ -269,7 +269,7 @@ def test_lookup_reads_what_the_layer_reads_and_trains_only_the_rows_used():
 
 @pytest.mark.parametrize("users, items, entries, dense", [(6, 5, 20, True), (40, 900, 30, False)])
 def test_history_sums_equal_the_sparse_product_and_its_gradient_on_either_path(users, items, entries, dense):
-    from models.two_tower import HISTORY_DENSE_MIN_DENSITY, _history_sums
+    from models.two_tower import HISTORY_DENSE_MAX_CELLS_PER_ENTRY, _history_sums
 
     rng = np.random.default_rng(3)
     indices = tf.constant(np.stack([rng.integers(0, users, entries), rng.integers(0, items, entries)], axis=1))
@@ -283,7 +283,7 @@ def test_history_sums_equal_the_sparse_product_and_its_gradient_on_either_path(u
         with tf.GradientTape() as tape:
             total = product(indices, values, shape, vectors)
         results.append((total.numpy(), tf.convert_to_tensor(tape.gradient(total, vectors, upstream)).numpy()))
-    assert ((entries + 2) * HISTORY_DENSE_MIN_DENSITY >= users * items) == dense  # the path this case runs
+    assert ((entries + 2) * HISTORY_DENSE_MAX_CELLS_PER_ENTRY >= users * items) == dense  # the path this case runs
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
     assert np.abs(results[0][0]).sum() > 0
